@@ -1,0 +1,142 @@
+"""The Python entry point: ``paircurate.run(config)``.
+
+    >>> from paircurate import PipelineConfig, run
+    >>> cfg = PipelineConfig.from_dict({"input": {"paths": ["pairs.parquet"]}, "output": {"path": "out"}})
+    >>> summary = run(cfg)
+    >>> summary.stats["funnel"]["kept"]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+from paircurate.config import ConfigError, PipelineConfig
+from paircurate.pipeline.graph import build_graph
+from paircurate.pipeline.progress import PROGRESS_DIR, ProgressMonitor
+from paircurate.pipeline.read import InputFile, plan_inputs
+from paircurate.pipeline.stats import build_funnel, package_versions, read_shard_stats
+from paircurate.pipeline.write import completed_shards
+
+log = logging.getLogger(__name__)
+
+PLAN_FILE = "_plan.json"
+STATS_FILE = "stats.json"
+_IN_PROCESS_RUNNERS = {"", "direct", "directrunner", "fnapirunner"}
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    output: str
+    stats: dict
+
+
+def make_runner(beam_args: tuple[str, ...]):
+    """Beam runner + options; the in-process FnApiRunner unless another runner is named.
+
+    Beam's DirectRunner would first try to fetch the Prism runner binary, which
+    cannot work offline, so "direct" means FnApiRunner here; its
+    ``--direct_running_mode`` and ``--direct_num_workers`` still apply.
+    """
+    options = PipelineOptions(list(beam_args))
+    requested = (options.get_all_options().get("runner") or "").lower()
+    if requested in _IN_PROCESS_RUNNERS:
+        return FnApiRunner(), options
+    return None, options  # Beam resolves --runner itself (Dask, Flink, Spark, Dataflow)
+
+
+def _check_plan(out_dir: str, files: list[InputFile], cfg: PipelineConfig) -> None:
+    """Refuse to resume into a folder planned from other inputs or shard size."""
+    plan = {
+        "shard_size": cfg.output.shard_size,
+        "files": [[f.path, f.num_rows] for f in files],
+    }
+    path = os.path.join(out_dir, PLAN_FILE)
+    if os.path.exists(path):
+        with open(path) as fh:
+            previous = json.load(fh)
+        if previous != plan:
+            raise ConfigError(
+                f"{out_dir} holds a run over other inputs or another shard size ({path}); "
+                "use a new output folder, or --overwrite to replace it"
+            )
+        return
+    with open(path, "w") as fh:
+        json.dump(plan, fh, indent=2)
+
+
+def _remove_stale_temporaries(out_dir: str) -> None:
+    """Temp files of a killed run are never complete; nothing reads them."""
+    for root, _dirs, names in os.walk(out_dir):
+        for name in names:
+            if name.startswith(".") and ".tmp-" in name:
+                os.remove(os.path.join(root, name))
+
+
+def run(cfg: PipelineConfig, overwrite: bool = False) -> RunSummary:
+    cfg.validate_for_run()
+    started = time.time()
+    out_dir = cfg.output.path
+    if overwrite and os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)
+    files = plan_inputs(cfg.input)
+    os.makedirs(out_dir, exist_ok=True)
+    _check_plan(out_dir, files, cfg)
+    _remove_stale_temporaries(out_dir)
+    progress_dir = os.path.join(out_dir, PROGRESS_DIR)
+    shutil.rmtree(progress_dir, ignore_errors=True)
+
+    input_rows = sum(f.num_rows for f in files)
+    num_shards = -(-input_rows // cfg.output.shard_size) if input_rows else 0
+    done = completed_shards(out_dir)
+    pending_rows = sum(
+        min(cfg.output.shard_size, input_rows - s * cfg.output.shard_size) for s in range(num_shards) if s not in done
+    )
+    if done:
+        log.info("resuming: %d of %d shards already complete in %s", len(done), num_shards, out_dir)
+
+    if pending_rows:
+        runner, options = make_runner(cfg.runner.beam_args)
+        pipeline = beam.Pipeline(runner=runner, options=options)
+        build_graph(pipeline, cfg, files, skip_shards=done, progress_dir=progress_dir)
+        with ProgressMonitor(progress_dir, total=pending_rows, enabled=cfg.runner.progress):
+            result = pipeline.run()
+            result.wait_until_finish()
+    shutil.rmtree(progress_dir, ignore_errors=True)
+
+    shard_stats = read_shard_stats(out_dir)
+    stats = {
+        "output": os.path.abspath(out_dir),
+        "shards": len(shard_stats),
+        "funnel": build_funnel(shard_stats, input_rows),
+        "resumed_shards": sorted(done),
+        "wall_seconds": round(time.time() - started, 3),
+        "inputs": [{"path": f.path, "format": f.format, "rows": f.num_rows} for f in files],
+        "config": cfg.to_dict(),
+        "versions": package_versions(),
+    }
+    for extra in read_stage_stats(out_dir):
+        stats.update(extra)
+    tmp = os.path.join(out_dir, f".{STATS_FILE}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(stats, fh, indent=2, sort_keys=True)
+    os.replace(tmp, os.path.join(out_dir, STATS_FILE))
+    return RunSummary(output=out_dir, stats=stats)
+
+
+def read_stage_stats(out_dir: str) -> list[dict]:
+    """Run-level facts that stages leave in ``_stage_*.json`` (e.g. the CLIP threshold applied)."""
+    found = []
+    for name in sorted(os.listdir(out_dir)):
+        if name.startswith("_stage_") and name.endswith(".json"):
+            with open(os.path.join(out_dir, name)) as fh:
+                found.append(json.load(fh))
+    return found

@@ -1,0 +1,155 @@
+"""The ``paircurate`` command line.
+
+    paircurate run pairs.parquet -o out --image-size 256 --clip
+    paircurate run 'lists/*.csv' -o out --config curate.yaml --runner DirectRunner --direct_num_workers 2
+    paircurate demo
+
+Flags map one-to-one onto config keys (``--image-size`` -> ``image.image_size``);
+values given on the command line override those from ``--config``. Arguments
+this parser does not know are handed to Beam as pipeline options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any, Callable
+
+from paircurate.config import ENCODE_FORMATS, INPUT_FORMATS, RESIZE_MODES, PipelineConfig, UserError
+
+# (flag, config key, argparse kwargs). The help text is the documentation.
+_RUN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("--url-col", "input.url_col", dict(help="input column holding the image URL (default: url)")),
+    ("--caption-col", "input.caption_col", dict(help="input column holding the caption (default: caption)")),
+    ("--save-cols", "input.save_cols", dict(help="comma-separated input columns to carry into the output metadata")),
+    ("--input-format", "input.input_format", dict(choices=INPUT_FORMATS, help="input format (default: from the extension)")),
+    ("--min-words", "caption.min_words", dict(type=int, help="reject captions with fewer words (default: 0)")),
+    ("--min-chars", "caption.min_chars", dict(type=int, help="reject captions with fewer characters (default: 0)")),
+    ("--threads", "download.threads", dict(type=int, help="concurrent downloads per worker (default: 32)")),
+    ("--connect-timeout", "download.connect_timeout", dict(type=float, help="seconds to connect (default: 5)")),
+    ("--read-timeout", "download.read_timeout", dict(type=float, help="seconds without a byte before giving up (default: 10)")),
+    ("--deadline", "download.deadline", dict(type=float, help="seconds for a URL in all, retries included (default: 30)")),
+    ("--retries", "download.retries", dict(type=int, help="retries on connection errors, timeouts and 5xx (default: 2)")),
+    ("--max-bytes", "download.max_bytes", dict(type=int, help="largest body accepted, enforced while streaming (default: 20 MiB)")),
+    ("--max-redirects", "download.max_redirects", dict(type=int, help="redirect hops followed (default: 5)")),
+    ("--user-agent", "download.user_agent", dict(help="User-Agent header sent with every request")),
+    ("--image-size", "image.image_size", dict(type=int, help="target size in pixels (default: 256)")),
+    ("--resize-mode", "image.resize_mode", dict(choices=RESIZE_MODES, help="how to reach --image-size (default: center_crop)")),
+    ("--min-image-size", "image.min_image_size", dict(type=int, help="reject images whose smaller side is below this (default: 0)")),
+    ("--max-aspect-ratio", "image.max_aspect_ratio", dict(type=float, help="reject images with a larger aspect ratio (default: off)")),
+    ("--encode-format", "image.encode_format", dict(choices=ENCODE_FORMATS, help="output image format (default: jpg)")),
+    ("--encode-quality", "image.encode_quality", dict(type=int, help="jpg/webp quality (default: 95)")),
+    ("--max-pixels", "image.max_pixels", dict(type=int, help="decompression-bomb guard: largest declared pixel count")),
+    ("--clip", "clip.enabled", dict(action="store_const", const=True, help="score every pair with CLIP and filter on it")),
+    ("--clip-model", "clip.model", dict(help="open_clip model name (default: ViT-B-32)")),
+    ("--clip-pretrained", "clip.pretrained", dict(help="open_clip pretrained tag, checkpoint path or local-dir:PATH")),
+    ("--device", "clip.device", dict(choices=("auto", "cpu", "cuda"), help="where CLIP runs (default: auto)")),
+    ("--clip-batch-size", "clip.batch_size", dict(type=int, help="images per CLIP batch (default: 128)")),
+    ("--clip-threshold", "clip.threshold", dict(type=float, help="reject pairs scoring below (default: the model's published value)")),
+    ("--clip-top-percent", "clip.top_percent", dict(type=float, help="keep the top P%% of the run by CLIP score")),
+    ("--shard-size", "output.shard_size", dict(type=int, help="input rows per shard (default: 10000)")),
+]
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("curation options (override --config)")
+    for flag, key, kwargs in _RUN_FLAGS:
+        group.add_argument(flag, dest=key, default=None, **kwargs)
+    parser.add_argument("--config", help="YAML file with config sections (input, download, image, clip, output, ...)")
+    parser.add_argument("--overwrite", action="store_true", help="delete OUT first instead of resuming into it")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, key) for _, key, _ in _RUN_FLAGS if getattr(args, key) is not None}
+
+
+def build_config(args: argparse.Namespace, beam_args: list[str]) -> PipelineConfig:
+    cfg = PipelineConfig.from_yaml(args.config) if args.config else PipelineConfig()
+    overrides = _overrides(args)
+    if getattr(args, "inputs", None):
+        overrides["input.paths"] = list(args.inputs)
+    if getattr(args, "output", None):
+        overrides["output.path"] = args.output
+    if beam_args:
+        overrides["runner.beam_args"] = list(cfg.runner.beam_args) + beam_args
+    if args.no_progress:
+        overrides["runner.progress"] = False
+    if any(k.startswith("clip.") and k != "clip.enabled" for k in overrides) and "clip.enabled" not in overrides:
+        overrides["clip.enabled"] = True  # naming a model or threshold means "score"
+    return cfg.with_overrides(overrides)
+
+
+def _cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from paircurate.api import run
+    from paircurate.pipeline.stats import format_summary
+
+    cfg = build_config(args, beam_args)
+    summary = run(cfg, overwrite=args.overwrite)
+    print(format_summary(summary.stats))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from paircurate.demo import run_demo
+
+    return run_demo(
+        out_dir=args.output,
+        num_pairs=args.num_pairs,
+        clip=not args.no_clip,
+        beam_args=beam_args,
+        progress=not args.no_progress,
+    )
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="paircurate", description="Curate image-text pair datasets with Apache Beam.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run_p = sub.add_parser(
+        "run",
+        help="download, filter and shard URL + caption lists",
+        description="Curate URL + caption lists into WebDataset tar shards with Parquet metadata. "
+        "Unknown --options are passed to Beam (e.g. --runner, --direct_num_workers, --direct_running_mode).",
+    )
+    run_p.add_argument("inputs", nargs="*", metavar="INPUT", help="Parquet/CSV/TSV/JSONL/TXT files or globs")
+    run_p.add_argument("-o", "--output", help="output folder (resumed if it holds an unfinished run)")
+    _add_run_flags(run_p)
+    run_p.set_defaults(handler=_cmd_run)
+
+    demo_p = sub.add_parser(
+        "demo",
+        help="generate captioned images, serve them on 127.0.0.1 and curate them end to end",
+        description="Self-contained demo: needs no network and no downloaded model.",
+    )
+    demo_p.add_argument("-o", "--output", default="paircurate-demo", help="output folder (default: ./paircurate-demo)")
+    demo_p.add_argument("--num-pairs", type=int, default=300, help="generated pairs (default: 300)")
+    demo_p.add_argument("--no-clip", action="store_true", help="skip CLIP scoring")
+    demo_p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo_p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    demo_p.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    stray = [a for a in beam_args if not a.startswith("-")]
+    if stray and all(not a.startswith("-") for a in beam_args):
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handler: Callable[[argparse.Namespace, list[str]], int] = args.handler
+    try:
+        return handler(args, beam_args)
+    except UserError as exc:
+        print(f"paircurate: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

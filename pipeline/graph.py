@@ -1,0 +1,44 @@
+"""The pipeline graph: the only place that orders the stages.
+
+    read -> captions -> download (+decode/resize) -> [clip score] -> write shards
+       \________\______________\___________________\____ rejects -> write (same shard)
+
+Every stage returns ``StageOutputs(kept, rejected)``; rejects of all stages are
+flattened and written next to the kept samples of their shard, so each input
+row ends up in exactly one of the two.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+
+from paircurate.config import PipelineConfig
+from paircurate.pipeline.captions import CleanCaptions
+from paircurate.pipeline.download import DownloadImages
+from paircurate.pipeline.read import InputFile, ReadPairs
+from paircurate.pipeline.write import WriteShards
+
+
+def build_graph(
+    p: beam.Pipeline,
+    cfg: PipelineConfig,
+    files: list[InputFile],
+    skip_shards: frozenset[int] = frozenset(),
+    progress_dir: str | None = None,
+) -> beam.PCollection:
+    """Add the whole curation graph to ``p``; returns the per-shard stats PCollection."""
+    pairs = p | "Read" >> ReadPairs(files, cfg.input, cfg.output.shard_size, skip_shards)
+    captions = pairs.kept | "Captions" >> CleanCaptions(cfg.caption)
+    images = captions.kept | "Download" >> DownloadImages(cfg.download, cfg.image, progress_dir)
+    kept = images.kept
+    rejected = [pairs.rejected, captions.rejected, images.rejected]
+
+    if cfg.clip.enabled:
+        from paircurate.pipeline.score import ScoreClip  # torch is imported only when scoring
+
+        scored = kept | "Clip" >> ScoreClip(cfg.clip)
+        kept = scored.kept
+        rejected.append(scored.rejected)
+
+    all_rejected = rejected | "AllRejects" >> beam.Flatten()
+    return (kept, all_rejected) | "Write" >> WriteShards(cfg.output.path, cfg.input.save_cols)

@@ -1,0 +1,280 @@
+"""Ingest: URL + caption lists (Parquet, CSV, TSV, JSONL, TXT) into pair records.
+
+Planning runs in the driver before the pipeline starts: it expands globs,
+checks every file parses and has the URL column, and counts rows. That makes a
+bad file fail fast with its name, and gives every row a global index, so shard
+membership (``global_row // shard_size``) is fixed by the input alone and a
+re-run can skip finished shards without reading them.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from paircurate.config import InputConfig, UserError
+from paircurate.filters.decision import Reason, Stage
+from paircurate.filters.url import check_url
+from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs, make_reject
+from paircurate.schemas import records as R
+from paircurate.schemas.identity import make_uid
+
+_EXTENSIONS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".txt": "txt",
+}
+
+
+class InputError(UserError):
+    """An input file cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str
+    format: str
+    first_row: int  # global index of this file's first row
+    num_rows: int
+
+
+def detect_format(path: str, declared: str = "auto") -> str:
+    if declared != "auto":
+        return declared
+    name = path.lower()
+    for suffix in (".gz", ".bz2", ".zst"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    ext = os.path.splitext(name)[1]
+    if ext not in _EXTENSIONS:
+        raise InputError(f"{path}: cannot tell the input format from the extension {ext!r}; use --input-format")
+    return _EXTENSIONS[ext]
+
+
+def expand_paths(patterns: tuple[str, ...] | list[str]) -> list[str]:
+    paths: list[str] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise InputError(f"{pattern}: no file matches this pattern")
+        for path in matches:
+            if not os.path.isfile(path):
+                raise InputError(f"{path}: no such file")
+            paths.append(path)
+    return paths
+
+
+def plan_inputs(cfg: InputConfig) -> list[InputFile]:
+    """Check and count every input file; rows get global indices in file order."""
+    planned = []
+    offset = 0
+    for path in expand_paths(cfg.paths):
+        fmt = detect_format(path, cfg.input_format)
+        count = sum(1 for _ in iter_rows(path, fmt, cfg))
+        planned.append(InputFile(path=path, format=fmt, first_row=offset, num_rows=count))
+        offset += count
+    return planned
+
+
+def iter_rows(path: str, fmt: str, cfg: InputConfig) -> Iterator[dict]:
+    """Yield ``{"url", "caption", "extra"}`` per row; raise InputError naming the file."""
+    try:
+        if fmt == "txt":
+            yield from _iter_txt(path)
+        elif fmt == "jsonl":
+            yield from _iter_jsonl(path, cfg)
+        else:
+            for batch in _iter_arrow_batches(path, fmt, cfg):
+                yield from _rows_from_batch(batch, cfg)
+    except InputError:
+        raise
+    except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read as {fmt}: {exc}") from exc
+
+
+def _needed_columns(cfg: InputConfig) -> list[str]:
+    cols = [cfg.url_col]
+    if cfg.caption_col:
+        cols.append(cfg.caption_col)
+    return cols + [c for c in cfg.save_cols if c not in cols]
+
+
+def _check_columns(path: str, available: list[str], cfg: InputConfig) -> list[str]:
+    if cfg.url_col not in available:
+        raise InputError(f"{path}: no url column {cfg.url_col!r} (columns: {available}); use --url-col")
+    missing = [c for c in cfg.save_cols if c not in available]
+    if missing:
+        raise InputError(f"{path}: --save-cols {missing} not in the file (columns: {available})")
+    return [c for c in _needed_columns(cfg) if c in available]
+
+
+def _iter_arrow_batches(path: str, fmt: str, cfg: InputConfig) -> Iterator[pa.RecordBatch]:
+    if fmt == "parquet":
+        pf = pq.ParquetFile(path)
+        cols = _check_columns(path, pf.schema_arrow.names, cfg)
+        yield from pf.iter_batches(batch_size=8192, columns=cols)
+        return
+    delimiter = "\t" if fmt == "tsv" else ","
+    parse = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
+    # Read every needed column as text: a caption like "1984" must not turn a
+    # column into integers that break the next file's schema.
+    header = pacsv.open_csv(path, parse_options=parse).schema.names
+    cols = _check_columns(path, header, cfg)
+    reader = pacsv.open_csv(
+        path,
+        parse_options=parse,
+        read_options=pacsv.ReadOptions(block_size=1 << 22),
+        convert_options=pacsv.ConvertOptions(
+            include_columns=cols, column_types={c: pa.string() for c in cols}, strings_can_be_null=True
+        ),
+    )
+    for batch in reader:
+        yield batch
+
+
+def _rows_from_batch(batch: pa.RecordBatch, cfg: InputConfig) -> Iterator[dict]:
+    data = batch.to_pydict()
+    urls = data[cfg.url_col]
+    captions = data.get(cfg.caption_col) if cfg.caption_col else None
+    for i, url in enumerate(urls):
+        yield {
+            R.URL: url,
+            R.CAPTION: None if captions is None else _as_text(captions[i]),
+            R.EXTRA: {c: _as_text(data[c][i]) for c in cfg.save_cols},
+        }
+
+
+def _iter_jsonl(path: str, cfg: InputConfig) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}: line {line_no} is not valid JSON: {exc}") from exc
+            if not isinstance(obj, dict):
+                raise InputError(f"{path}: line {line_no} is a JSON {type(obj).__name__}, expected an object")
+            if line_no == 1 and cfg.url_col not in obj:
+                raise InputError(f"{path}: no url field {cfg.url_col!r} in the first record (fields: {sorted(obj)}); use --url-col")
+            yield {
+                R.URL: obj.get(cfg.url_col),
+                R.CAPTION: _as_text(obj.get(cfg.caption_col)) if cfg.caption_col else None,
+                R.EXTRA: {c: _as_text(obj.get(c)) for c in cfg.save_cols},
+            }
+
+
+def _iter_txt(path: str) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            url = line.strip()
+            if url:
+                yield {R.URL: url, R.CAPTION: None, R.EXTRA: {}}
+
+
+def _as_text(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return str(value)
+
+
+class _ReadInputFileFn(beam.DoFn):
+    def __init__(self, cfg: InputConfig, shard_size: int, skip_shards: frozenset[int]) -> None:
+        self._cfg = cfg
+        self._shard_size = shard_size
+        self._skip = skip_shards
+
+    def setup(self) -> None:
+        self._counters = StageCounters(Stage.READ)
+
+    def process(self, infile: InputFile):
+        for i, row in enumerate(iter_rows(infile.path, infile.format, self._cfg)):
+            shard = (infile.first_row + i) // self._shard_size
+            if shard in self._skip:
+                continue
+            url = row[R.URL]
+            record = {
+                R.URL: url.strip() if isinstance(url, str) else url,
+                R.CAPTION: row[R.CAPTION],
+                R.SOURCE_FILE: infile.path,
+                R.SOURCE_ROW: i,
+                R.SHARD: shard,
+                R.EXTRA: row[R.EXTRA],
+            }
+            decision = check_url(url)
+            if decision.keep:
+                record[R.UID] = make_uid(record[R.URL], record[R.CAPTION])
+                yield record
+            else:
+                # Invalid URLs still get a uid so every reject row is addressable.
+                record[R.URL] = None if url is None else str(url)
+                record[R.UID] = make_uid(record[R.URL] or "", record[R.CAPTION])
+                record[R.DETAIL] = f"{infile.path} row {i} field {self._cfg.url_col!r}: {decision.detail}"
+                self._counters.rejected(decision.reason)
+                yield beam.pvalue.TaggedOutput(REJECTED, make_reject(record, Stage.READ, decision.reason, record[R.DETAIL]))
+
+
+def _first_occurrence(item):
+    """Of rows sharing a uid, keep the earliest (file, row); reject the rest."""
+    uid, rows = item
+    rows = sorted(rows, key=lambda r: (r[R.SOURCE_FILE], r[R.SOURCE_ROW]))
+    yield rows[0]
+    first = rows[0]
+    for dup in rows[1:]:
+        yield beam.pvalue.TaggedOutput(
+            REJECTED,
+            make_reject(
+                dup,
+                Stage.READ,
+                Reason.DUPLICATE_ROW,
+                f"same url and caption as {first[R.SOURCE_FILE]} row {first[R.SOURCE_ROW]}",
+                **{R.DUPLICATE_OF: uid},
+            ),
+        )
+
+
+class ReadPairs(beam.PTransform):
+    """Planned input files -> pair records, with ``invalid_url`` / ``duplicate_row`` rejects.
+
+        >>> files = plan_inputs(cfg.input)
+        >>> pairs, rejected = p | ReadPairs(files, cfg.input, shard_size=10_000)
+    """
+
+    def __init__(self, files: list[InputFile], cfg: InputConfig, shard_size: int, skip_shards: frozenset[int] = frozenset()) -> None:
+        super().__init__()
+        self._files = files
+        self._cfg = cfg
+        self._shard_size = shard_size
+        self._skip = skip_shards
+
+    def expand(self, pbegin) -> StageOutputs:
+        rows = (
+            pbegin
+            | "ListFiles" >> beam.Create(self._files)
+            | "ReadFile" >> beam.ParDo(_ReadInputFileFn(self._cfg, self._shard_size, self._skip)).with_outputs(REJECTED, main="rows")
+        )
+        # Grouping by uid both drops repeated rows (they would collide as tar
+        # keys) and spreads the rows of one big file across workers.
+        unique = (
+            rows.rows
+            | "KeyByUid" >> beam.Map(lambda r: (r[R.UID], r))
+            | "GroupByUid" >> beam.GroupByKey()
+            | "FirstOccurrence" >> beam.ParDo(_first_occurrence).with_outputs(REJECTED, main="kept")
+        )
+        rejected = (rows[REJECTED], unique[REJECTED]) | "FlattenReadRejects" >> beam.Flatten()
+        return StageOutputs(unique.kept, rejected)

@@ -1,0 +1,210 @@
+"""Write stage: one WebDataset tar, one Parquet, one reject Parquet and a stats file per shard.
+
+Layout of an output folder::
+
+    00000.tar            {uid}.jpg  {uid}.txt  {uid}.json  per kept sample
+    00000.parquet        one row per kept sample (schemas.records.sample_schema)
+    00000.img.npy        CLIP image embeddings, float16, rows aligned with the Parquet (CLIP on)
+    00000.txt.npy        CLIP text embeddings, likewise
+    rejected/00000.parquet   one row per rejected input row of the shard
+    00000_stats.json     written last: its presence means the shard is complete
+
+Every file is written under a temporary name and renamed into place, so a
+reader never sees a truncated tar, and a retried bundle simply replaces the
+files with identical ones.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+from collections import Counter, defaultdict
+from typing import Iterable
+
+import apache_beam as beam
+import numpy as np
+import pyarrow.parquet as pq
+import webdataset as wds
+
+from paircurate.filters.decision import Stage
+from paircurate.pipeline.stage import METRICS_NAMESPACE
+from paircurate.schemas import records as R
+
+STATS_SUFFIX = "_stats.json"
+REJECTED_DIR = "rejected"
+_TAR_MTIME = 0.0  # fixed so identical shards are byte-identical across runs
+# In-flight fields that go into their own files, not into Parquet or json.
+_BULK_FIELDS = (R.IMAGE, R.IMAGE_EMBEDDING, R.TEXT_EMBEDDING, R.EXTRA)
+
+
+def shard_name(shard: int) -> str:
+    return f"{shard:05d}"
+
+
+def completed_shards(out_dir: str) -> frozenset[int]:
+    """Shards whose stats file exists: finished in an earlier run."""
+    if not os.path.isdir(out_dir):
+        return frozenset()
+    done = set()
+    for name in os.listdir(out_dir):
+        if name.endswith(STATS_SUFFIX) and name[: -len(STATS_SUFFIX)].isdigit():
+            done.add(int(name[: -len(STATS_SUFFIX)]))
+    return frozenset(done)
+
+
+def _atomic_write(path: str, write) -> None:
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _json_safe(value):
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    return value
+
+
+class ShardWriter:
+    """Writes one complete shard from its kept samples and rejects.
+
+        >>> ShardWriter(out_dir, save_cols=("license",)).write(7, samples, rejects)
+    """
+
+    def __init__(self, out_dir: str, save_cols: tuple[str, ...] = ()) -> None:
+        self._out = out_dir
+        self._save_cols = save_cols
+        self._sample_schema = R.sample_schema(save_cols)
+        self._reject_schema = R.reject_schema()
+
+    def write(self, shard: int, samples: Iterable[dict], rejects: Iterable[dict]) -> dict:
+        order = lambda r: (r[R.SOURCE_FILE], r[R.SOURCE_ROW])  # noqa: E731 - deterministic order in every run
+        samples = sorted(samples, key=order)
+        rejects = sorted(rejects, key=order)
+        name = shard_name(shard)
+        os.makedirs(os.path.join(self._out, REJECTED_DIR), exist_ok=True)
+
+        tar_bytes = self._write_tar(os.path.join(self._out, f"{name}.tar"), samples)
+        table = R.to_table(samples, self._sample_schema)
+        _atomic_write(os.path.join(self._out, f"{name}.parquet"), lambda fh: pq.write_table(table, fh))
+        if samples and samples[0].get(R.IMAGE_EMBEDDING) is not None:
+            for field, suffix in ((R.IMAGE_EMBEDDING, "img"), (R.TEXT_EMBEDDING, "txt")):
+                matrix = np.stack([np.asarray(s[field], dtype=np.float16) for s in samples])
+                _atomic_write(os.path.join(self._out, f"{name}.{suffix}.npy"), lambda fh, m=matrix: np.save(fh, m))
+        reject_table = R.to_table(rejects, self._reject_schema)
+        _atomic_write(os.path.join(self._out, REJECTED_DIR, f"{name}.parquet"), lambda fh: pq.write_table(reject_table, fh))
+
+        by_stage: dict[str, Counter] = defaultdict(Counter)
+        for r in rejects:
+            by_stage[r[R.STAGE]][r[R.REASON]] += 1
+        stats = {
+            "shard": shard,
+            "input_rows": len(samples) + len(rejects),
+            "kept": len(samples),
+            "rejected": {stage: dict(sorted(c.items())) for stage, c in sorted(by_stage.items())},
+            "tar_bytes": tar_bytes,
+            "image_bytes": sum(s[R.BYTE_SIZE] or 0 for s in samples),
+        }
+        # Last: the stats file is the completion marker a re-run looks for.
+        payload = json.dumps(stats, indent=2, sort_keys=True).encode()
+        _atomic_write(os.path.join(self._out, f"{name}{STATS_SUFFIX}"), lambda fh: fh.write(payload))
+        return stats
+
+    def _write_tar(self, path: str, samples: list[dict]) -> int:
+        buffer_size = 0
+
+        def write(fh):
+            nonlocal buffer_size
+            with wds.TarWriter(fh, encoder=False, mtime=_TAR_MTIME) as sink:
+                for s in samples:
+                    meta = {k: _json_safe(v) for k, v in s.items() if k not in _BULK_FIELDS}
+                    meta.update({k: v for k, v in (s.get(R.EXTRA) or {}).items()})
+                    sink.write(
+                        {
+                            "__key__": s[R.UID],
+                            s[R.IMAGE_FORMAT]: s[R.IMAGE],
+                            "txt": (s.get(R.CAPTION) or "").encode("utf-8"),
+                            "json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8"),
+                        }
+                    )
+            buffer_size = fh.tell()
+
+        _atomic_write(path, _NoCloseWriter.wrap(write))
+        return buffer_size
+
+
+class _NoCloseWriter(io.RawIOBase):
+    """Lets TarWriter close its stream without closing our file before fsync."""
+
+    def __init__(self, fh) -> None:
+        self._fh = fh
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        return self._fh.write(b)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def close(self) -> None:  # the atomic writer closes the real file
+        pass
+
+    @classmethod
+    def wrap(cls, write):
+        def inner(fh):
+            write(cls(fh))
+
+        return inner
+
+
+class _WriteShardFn(beam.DoFn):
+    def __init__(self, out_dir: str, save_cols: tuple[str, ...]) -> None:
+        self._out = out_dir
+        self._save_cols = save_cols
+
+    def setup(self) -> None:
+        self._writer = ShardWriter(self._out, self._save_cols)
+        self._shards = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "write.shards")
+
+    def process(self, item):
+        shard, grouped = item
+        stats = self._writer.write(shard, grouped["kept"], grouped["rejected"])
+        self._shards.inc()
+        yield stats
+
+
+class WriteShards(beam.PTransform):
+    """(kept samples, rejects) -> files per shard; outputs each shard's stats dict."""
+
+    def __init__(self, out_dir: str, save_cols: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self._out = out_dir
+        self._save_cols = save_cols
+
+    def expand(self, inputs):
+        kept, rejected = inputs
+        keyed_kept = kept | "KeyKeptByShard" >> beam.Map(lambda r: (r[R.SHARD], r))
+        keyed_rejected = rejected | "KeyRejectsByShard" >> beam.Map(lambda r: (r[R.SHARD], r))
+        return (
+            {"kept": keyed_kept, "rejected": keyed_rejected}
+            | "GroupByShard" >> beam.CoGroupByKey()
+            | "WriteShard" >> beam.ParDo(_WriteShardFn(self._out, self._save_cols))
+        )
+
+
+FUNNEL_STAGES = [s.value for s in Stage]
