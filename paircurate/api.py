@@ -91,6 +91,9 @@ def run(cfg: PipelineConfig, overwrite: bool = False) -> RunSummary:
     os.makedirs(out_dir, exist_ok=True)
     _check_plan(out_dir, files, cfg)
     _remove_stale_temporaries(out_dir)
+    for name in os.listdir(out_dir):
+        if name.startswith("_stage_"):  # run-level facts of an earlier invocation
+            os.remove(os.path.join(out_dir, name))
     progress_dir = os.path.join(out_dir, PROGRESS_DIR)
     shutil.rmtree(progress_dir, ignore_errors=True)
 

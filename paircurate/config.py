@@ -109,12 +109,14 @@ class ClipConfig:
     model: str = "ViT-B-32"
     pretrained: str = "laion2b_s34b_b79k"
     device: str = "auto"
+    precision: str = "auto"  # auto: bf16/fp16 autocast on CUDA, fp32 on CPU
     batch_size: int = 128
     threshold: float | None = None  # None: the model's published default
     top_percent: float | None = None
 
     def __post_init__(self) -> None:
         _check(self.device in ("auto", "cpu", "cuda"), f"clip.device must be auto, cpu or cuda, got {self.device!r}")
+        _check(self.precision in ("auto", "fp32", "fp16", "bf16"), f"clip.precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
         _check(self.batch_size >= 1, "clip.batch_size must be >= 1")
         _check(self.top_percent is None or 0 < self.top_percent <= 100, "clip.top_percent must be in (0, 100]")
 

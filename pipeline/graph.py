@@ -36,7 +36,7 @@ def build_graph(
     if cfg.clip.enabled:
         from paircurate.pipeline.score import ScoreClip  # torch is imported only when scoring
 
-        scored = kept | "Clip" >> ScoreClip(cfg.clip)
+        scored = kept | "Clip" >> ScoreClip(cfg.clip, cfg.output.path)
         kept = scored.kept
         rejected.append(scored.rejected)
 

@@ -1,0 +1,163 @@
+"""CLIP stage: score every downloaded pair and filter on the score, in the same pipeline.
+
+    scored = kept | "Clip" >> ScoreClip(cfg.clip, out_dir)
+
+The model is loaded once per worker in ``setup()``; ``BatchElements`` forms
+the batches. A fixed threshold filters as records stream by. A top-percent
+filter needs the run's score distribution: Beam computes approximate
+quantiles of all scores and the filter reads the cutoff as a side input, so
+no score is ever collected in the driver.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+
+import apache_beam as beam
+import numpy as np
+from PIL import Image
+
+from paircurate.config import ClipConfig
+from paircurate.filters.decision import Reason, Stage
+from paircurate.filters.similarity import check_clip_score, combined_threshold, top_percent_cutoff
+from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs, make_reject
+from paircurate.schemas import records as R
+
+log = logging.getLogger(__name__)
+
+STAGE_STATS_FILE = "_stage_clip.json"
+_QUANTILES = 1001  # 0.1 % resolution for --clip-top-percent
+
+
+def resolve_threshold(cfg: ClipConfig) -> tuple[float | None, str]:
+    """The fixed threshold to apply and where it came from."""
+    if cfg.threshold is not None:
+        return cfg.threshold, "configured"
+    if cfg.top_percent is not None:
+        return None, "none (top-percent only)"
+    from paircurate.embeddings.clip import default_threshold
+
+    value = default_threshold(cfg.model, cfg.pretrained)
+    if value is None:
+        return None, f"none: no published default for {cfg.model}/{cfg.pretrained}; give --clip-threshold"
+    return value, f"published default for {cfg.model}/{cfg.pretrained}"
+
+
+class _ClipScoreFn(beam.DoFn):
+    """Adds ``clip_score`` and both embeddings to every record of a batch."""
+
+    def __init__(self, cfg: ClipConfig) -> None:
+        self._cfg = cfg
+
+    def setup(self) -> None:
+        from paircurate.embeddings.clip import load_clip
+
+        self._clip = load_clip(self._cfg.model, self._cfg.pretrained, device=self._cfg.device, precision=self._cfg.precision, batch_size=self._cfg.batch_size)
+        self._counters = StageCounters(Stage.CLIP)
+
+    def process(self, batch: list[dict]):
+        images, usable = [], []
+        for record in batch:
+            try:
+                with Image.open(io.BytesIO(record[R.IMAGE])) as img:
+                    images.append(img.convert("RGB"))
+                usable.append(record)
+            except Exception as exc:  # the image stage wrote these bytes; this is a bug, not bad input
+                self._counters.rejected(Reason.INTERNAL_ERROR)
+                yield beam.pvalue.TaggedOutput(REJECTED, make_reject(record, Stage.CLIP, Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
+        if not usable:
+            return
+        image_emb = self._clip.encode_images(images)
+        text_emb = self._clip.encode_texts([r.get(R.CAPTION) or "" for r in usable])
+        scores = np.einsum("ij,ij->i", image_emb, text_emb)
+        for record, score, img_vec, txt_vec in zip(usable, scores, image_emb, text_emb):
+            out = dict(record)
+            out[R.CLIP_SCORE] = float(score)
+            out[R.IMAGE_EMBEDDING] = img_vec.astype(np.float16)
+            out[R.TEXT_EMBEDDING] = txt_vec.astype(np.float16)
+            yield out
+
+
+class _ScoreFilterFn(beam.DoFn):
+    def __init__(self, threshold: float | None) -> None:
+        self._threshold = threshold
+
+    def setup(self) -> None:
+        self._counters = StageCounters(Stage.CLIP)
+
+    def process(self, record: dict, cutoff: float | None = None):
+        decision = check_clip_score(record[R.CLIP_SCORE], combined_threshold(self._threshold, cutoff))
+        if decision.keep:
+            self._counters.kept()
+            yield record
+        else:
+            self._counters.rejected(decision.reason)
+            yield beam.pvalue.TaggedOutput(REJECTED, make_reject(record, Stage.CLIP, decision.reason, decision.detail))
+
+
+def _write_stage_stats(out_dir: str, payload: dict) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, STAGE_STATS_FILE)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+class _RecordCutoff(beam.DoFn):
+    def __init__(self, out_dir: str, payload: dict, percent: float) -> None:
+        self._out = out_dir
+        self._payload = payload
+        self._percent = percent
+
+    def process(self, quantiles):
+        cutoff = top_percent_cutoff(quantiles, self._percent)
+        payload = dict(self._payload)
+        payload["clip_top_percent_cutoff"] = cutoff
+        payload["clip_threshold"] = combined_threshold(payload["clip_threshold"], cutoff)
+        _write_stage_stats(self._out, payload)
+        yield cutoff
+
+
+class ScoreClip(beam.PTransform):
+    """Pairs with image bytes -> pairs with ``clip_score`` and embeddings; ``low_clip_score`` rejects."""
+
+    def __init__(self, cfg: ClipConfig, out_dir: str) -> None:
+        super().__init__()
+        self._cfg = cfg
+        self._out = out_dir
+
+    def expand(self, pairs) -> StageOutputs:
+        threshold, source = resolve_threshold(self._cfg)
+        payload = {
+            "clip_model": self._cfg.model,
+            "clip_pretrained": self._cfg.pretrained,
+            "clip_threshold": threshold,
+            "clip_threshold_source": source,
+            "clip_top_percent": self._cfg.top_percent,
+        }
+        size = self._cfg.batch_size
+        scored = (
+            pairs
+            | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
+            | "Score" >> beam.ParDo(_ClipScoreFn(self._cfg)).with_outputs(REJECTED, main="scored")
+        )
+        if self._cfg.top_percent is None:
+            # Known before any record is scored: record it now (driver side).
+            _write_stage_stats(self._out, payload)
+            filtered = scored.scored | "Threshold" >> beam.ParDo(_ScoreFilterFn(threshold)).with_outputs(REJECTED, main="kept")
+        else:
+            cutoff = (
+                scored.scored
+                | "Scores" >> beam.Map(lambda r: r[R.CLIP_SCORE])
+                | "Quantiles" >> beam.transforms.stats.ApproximateQuantiles.Globally(_QUANTILES)
+                | "Cutoff" >> beam.ParDo(_RecordCutoff(self._out, payload, self._cfg.top_percent))
+            )
+            filtered = scored.scored | "TopPercent" >> beam.ParDo(
+                _ScoreFilterFn(threshold), cutoff=beam.pvalue.AsSingleton(cutoff, default_value=None)
+            ).with_outputs(REJECTED, main="kept")
+        rejected = (scored[REJECTED], filtered[REJECTED]) | "FlattenClipRejects" >> beam.Flatten()
+        return StageOutputs(filtered.kept, rejected)
