@@ -37,6 +37,9 @@ REJECTED_DIR = "rejected"
 _TAR_MTIME = 0.0  # fixed so identical shards are byte-identical across runs
 # In-flight fields that go into their own files, not into Parquet or json.
 _BULK_FIELDS = (R.IMAGE, R.IMAGE_EMBEDDING, R.TEXT_EMBEDDING, R.EXTRA)
+# Timings differ from run to run; they stay in the Parquet but out of the tar,
+# so the same input gives byte-identical shards.
+_TAR_EXCLUDED = _BULK_FIELDS + (R.DOWNLOAD_SECONDS,)
 
 
 def shard_name(shard: int) -> str:
@@ -130,7 +133,7 @@ class ShardWriter:
             nonlocal buffer_size
             with wds.TarWriter(fh, encoder=False, mtime=_TAR_MTIME) as sink:
                 for s in samples:
-                    meta = {k: _json_safe(v) for k, v in s.items() if k not in _BULK_FIELDS}
+                    meta = {k: _json_safe(v) for k, v in s.items() if k not in _TAR_EXCLUDED}
                     meta.update({k: v for k, v in (s.get(R.EXTRA) or {}).items()})
                     sink.write(
                         {
