@@ -158,15 +158,24 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def _resize(img: Image.Image, want_w: int, want_h: int, cfg: ImageConfig) -> Image.Image:
     if cfg.resize_mode == "no":
         return img
-    if img.size != (want_w, want_h):
-        img = img.resize((want_w, want_h), Image.Resampling.BICUBIC, reducing_gap=2.0)
     size = cfg.image_size
+    w, h = img.size
     if cfg.resize_mode == "center_crop":
-        left = (want_w - size) // 2
-        top = (want_h - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-    elif cfg.resize_mode == "border":
+        # Resample straight from the centre square of the source: the same
+        # result as scale-then-crop, without resampling pixels we throw away.
+        side = min(w, h)
+        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+        return img.resize((size, size), _filter_for(side, size), box=box)
+    if img.size != (want_w, want_h):
+        img = img.resize((want_w, want_h), _filter_for(max(w, h), max(want_w, want_h)))
+    if cfg.resize_mode == "border":
         canvas = Image.new("RGB", (size, size), _BORDER_COLOR)
         canvas.paste(img, ((size - want_w) // 2, (size - want_h) // 2))
         img = canvas
     return img
+
+
+def _filter_for(source: int, target: int) -> Image.Resampling:
+    # Area averaging when shrinking (what img2dataset does with cv2.INTER_AREA)
+    # is both the fastest and alias-free; bicubic when enlarging.
+    return Image.Resampling.BOX if source > target else Image.Resampling.BICUBIC

@@ -1,0 +1,92 @@
+"""Throughput of `paircurate run` on real photos served over loopback.
+
+Serves the 250 photos of ../shared/data/imagenet-sample-250 from one
+LoopbackServer, repeats them to --urls rows with distinct query strings (so no
+cache or dedup can help), and times whole `paircurate run` processes:
+start-up, download, decode, resize, encode and shard writing.
+
+    python bench/throughput.py --urls 2000 --runs 3
+    python bench/throughput.py --urls 2000 --runs 3 -- --direct_running_mode multi_processing --direct_num_workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from paircurate.loopback import LoopbackServer
+
+DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "imagenet-sample-250")
+
+
+def serve_photos(server: LoopbackServer, data_dir: str) -> list[tuple[str, str]]:
+    """Register every photo; returns (url path, caption) pairs."""
+    photos = []
+    with open(os.path.join(data_dir, "labels.tsv")) as fh:
+        for row in csv.DictReader(fh, delimiter="\t"):
+            name = row.get("file") or row.get("filename") or list(row.values())[0]
+            label = row.get("label") or list(row.values())[-1]
+            with open(os.path.join(data_dir, name), "rb") as img:
+                path = server.add(f"/photos/{name}", img.read(), content_type="image/jpeg")
+            photos.append((path, f"a photo of a {label}"))
+    return photos
+
+
+def write_url_list(server: LoopbackServer, photos, n: int, path: str) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["url", "caption"])
+        for i in range(n):
+            photo, caption = photos[i % len(photos)]
+            writer.writerow([server.url(f"{photo}?i={i}"), caption])
+
+
+def time_run(url_list: str, out_dir: str, extra: list[str]) -> tuple[float, int]:
+    shutil.rmtree(out_dir, ignore_errors=True)
+    cmd = [
+        sys.executable, "-m", "paircurate.cli", "run", url_list, "-o", out_dir,
+        "--image-size", "256", "--resize-mode", "center_crop", "--encode-format", "jpg", "--encode-quality", "95",
+        "--no-progress", *extra,
+    ]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    elapsed = time.perf_counter() - start
+    import json
+
+    with open(os.path.join(out_dir, "stats.json")) as fh:
+        kept = json.load(fh)["funnel"]["kept"]
+    return elapsed, kept
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--urls", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("extra", nargs="*", help="extra `paircurate run` arguments (after --)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp, LoopbackServer() as server:
+        photos = serve_photos(server, args.data)
+        url_list = os.path.join(tmp, "urls.csv")
+        write_url_list(server, photos, args.urls, url_list)
+        rates = []
+        for run in range(args.runs):
+            elapsed, kept = time_run(url_list, os.path.join(tmp, "out"), args.extra)
+            rates.append(kept / elapsed)
+            print(f"run {run + 1}: {kept} images in {elapsed:.1f}s = {kept / elapsed:.0f} images/s", flush=True)
+        print(
+            f"paircurate run, {args.urls} URLs, 256 center_crop, extra={args.extra}: "
+            f"images/s min {min(rates):.0f} median {statistics.median(rates):.0f} max {max(rates):.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

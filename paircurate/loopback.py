@@ -1,0 +1,431 @@
+"""A real HTTP server on 127.0.0.1 with static routes and misbehaving ones.
+
+    >>> with LoopbackServer() as server:
+    ...     server.add("/cat.jpg", jpeg_bytes)
+    ...     url = server.url("/cat.jpg")          # http://127.0.0.1:<port>/cat.jpg
+    ...     flaky = server.url("/fault/flaky/2/a") # 500, 500, then a PNG
+    ...     ...
+    ...     server.hits("/fault/flaky/2/a")        # requests seen for that path
+
+Used by the tests, ``paircurate demo`` and the benchmarks, so it runs in a
+thread of the calling process (no subprocess) and stops quickly even while a
+never-ending response is being served.
+
+Fault routes (query parameters in brackets):
+
+=====================================  =============================================================
+``/fault/404``, ``/fault/500``         that status, small text body
+``/fault/status/<code>``               any status, small text body
+``/fault/flaky/<n>/<id>``              500 for the first n requests of ``id``, then a PNG
+``/fault/slow`` [seconds=1]            sleeps, then a PNG
+``/fault/drip`` [interval=0.5]         declares 1 MB of image/jpeg, sends one byte per interval, forever
+``/fault/reset``                       headers + 1000 of 100000 bytes, then a TCP reset (SO_LINGER 0)
+``/fault/truncated``                   Content-Length 100000, 1000 bytes, then a clean close
+``/fault/html``                        a text/html page
+``/fault/large`` [bytes, declare=1,    N bytes of image/jpeg junk; declare=1 sends Content-Length,
+chunked=1]                             declare=0 streams chunked, declare=0&chunked=0 ends by closing
+``/fault/endless`` [chunk=16384,       chunked image/jpeg that never ends (one chunk per interval)
+interval=0.01]
+``/fault/redirect-loop``               302 to ``/fault/redirect-loop/b``, which 302s back
+``/fault/redirect`` [to, code=302]     redirect to ``to`` (a path or an absolute URL)
+``/fault/redirect-chain/<n>``          n hops of 302, then a PNG
+``/fault/429`` [retry_after, id,       the first request per ``id``: that status with Retry-After
+status=429]                            (omitted when not given); later ones: a PNG
+=====================================  =============================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import socketserver
+import struct
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LoopbackServer", "RecordedRequest", "tiny_png", "FAULT_IMAGE"]
+
+
+def tiny_png(width: int = 8, height: int = 8, rgb: tuple[int, int, int] = (200, 40, 40)) -> bytes:
+    """A valid solid-colour RGB PNG, built without Pillow so the server needs nothing."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    row = b"\x00" + bytes(rgb) * width  # filter byte 0 (None) per scanline
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )
+
+
+FAULT_IMAGE = tiny_png()
+"""The body fault routes serve once they stop misbehaving."""
+
+_DRIP_DECLARED = 1_000_000
+_PARTIAL_DECLARED = 100_000
+_PARTIAL_SENT = 1000
+_WRITE_PIECE = 64 * 1024
+_JUNK = bytes(range(256)) * (_WRITE_PIECE // 256)
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    target: str  # path and query as sent
+    path: str
+    headers: dict[str, str]
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class _Route:
+    body: bytes
+    content_type: str | None
+    headers: dict[str, str]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    # Benchmarks open dozens of connections at once; the default backlog of 5
+    # drops SYNs and adds 1 s retransmit stalls.
+    request_queue_size = 256
+
+    def __init__(self, owner: "LoopbackServer", address: tuple[str, int]) -> None:
+        self.owner = owner
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind does a reverse DNS lookup (getfqdn), which
+        # can hang for seconds on machines without a resolver.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = host
+        self.server_port = port
+
+    def handle_error(self, request, client_address) -> None:  # noqa: ANN001 - socketserver API
+        # Clients hanging up mid-response is routine here (that is what the
+        # fault routes provoke); don't print tracebacks for it.
+        log.debug("loopback handler error for %s", client_address, exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, like real image hosts
+    server_version = "paircurate-loopback/1"
+    sys_version = ""
+    disable_nagle_algorithm = True  # see shared/HINTS.md: stdlib writes headers and body separately
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.owner._register(self)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.owner._unregister(self)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
+        log.debug("loopback %s " + format, self.client_address[0], *args)
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        owner = self.server.owner
+        parts = urlsplit(self.path)
+        owner._record(RecordedRequest("GET", self.path, parts.path, dict(self.headers.items())))
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        try:
+            route = owner._routes.get(parts.path)
+            if route is not None:
+                self._send(200, route.body, route.content_type, route.headers)
+            elif parts.path.startswith("/fault/"):
+                self._fault(parts.path[len("/fault/") :], query)
+            else:
+                self._send(404, b"no such route\n", "text/plain")
+        except (ConnectionError, socket.timeout, OSError):
+            # The client went away (often on purpose); this connection is done.
+            self.close_connection = True
+
+    # -- responses -------------------------------------------------------
+
+    def _send(
+        self, status: int, body: bytes, content_type: str | None = "image/png", headers: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        if content_type is not None:
+            self.send_header("Content-Type", content_type)
+        extra = dict(headers or {})
+        if not any(k.lower() == "content-length" for k in extra):
+            self.send_header("Content-Length", str(len(body)))
+        for name, value in extra.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _redirect(self, location: str, status: int = 302) -> None:
+        self._send(status, b"", None, {"Location": location})
+
+    def _head(self, status: int, content_type: str, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+
+    def _fault(self, name: str, q: dict[str, str]) -> None:
+        owner = self.server.owner
+        stopping = owner._stopping
+        parts = name.split("/")
+        kind = parts[0]
+
+        if name == "404":
+            self._send(404, b"not found\n", "text/plain")
+        elif name == "500":
+            self._send(500, b"internal error\n", "text/plain")
+        elif kind == "status" and len(parts) == 2 and parts[1].isdigit():
+            self._send(int(parts[1]), f"status {parts[1]}\n".encode(), "text/plain")
+        elif kind == "flaky" and len(parts) == 3 and parts[1].isdigit():
+            if owner._bump(("flaky", parts[2])) <= int(parts[1]):
+                self._send(500, b"flaky failure\n", "text/plain")
+            else:
+                self._send(200, FAULT_IMAGE, "image/png")
+        elif name == "slow":
+            if stopping.wait(float(q.get("seconds", "1"))):
+                self.close_connection = True
+                return
+            self._send(200, FAULT_IMAGE, "image/png")
+        elif name == "drip":
+            interval = float(q.get("interval", "0.5"))
+            self.close_connection = True
+            self._head(200, "image/jpeg", {"Content-Length": str(_DRIP_DECLARED)})
+            for i in range(_DRIP_DECLARED):
+                if stopping.wait(interval):
+                    return
+                self.wfile.write(_JUNK[i % 256 : i % 256 + 1])
+        elif name == "reset":
+            self._head(200, "image/jpeg", {"Content-Length": str(_PARTIAL_DECLARED)})
+            self.wfile.write(_JUNK[:_PARTIAL_SENT])
+            self._reset()
+        elif name == "truncated":
+            self.close_connection = True
+            self._head(200, "image/jpeg", {"Content-Length": str(_PARTIAL_DECLARED)})
+            self.wfile.write(_JUNK[:_PARTIAL_SENT])
+        elif name == "html":
+            page = b"<!doctype html><html><head><title>Not an image</title></head><body>hello</body></html>\n"
+            self._send(200, page, "text/html; charset=utf-8")
+        elif name == "large":
+            self._large(int(q.get("bytes", str(10 * 1024 * 1024))), q.get("declare", "1") != "0", q.get("chunked", "1") != "0")
+        elif name == "endless":
+            chunk = _JUNK[: max(1, min(int(q.get("chunk", "16384")), len(_JUNK)))]
+            interval = float(q.get("interval", "0.01"))
+            self.close_connection = True
+            self._head(200, "image/jpeg", {"Transfer-Encoding": "chunked"})
+            framed = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+            while not stopping.is_set():
+                self.wfile.write(framed)
+                if interval > 0 and stopping.wait(interval):
+                    return
+        elif name == "redirect-loop":
+            self._redirect("/fault/redirect-loop/b")
+        elif name == "redirect-loop/b":
+            self._redirect("/fault/redirect-loop")
+        elif name == "redirect":
+            self._redirect(q.get("to", "/"), int(q.get("code", "302")))
+        elif kind == "redirect-chain" and len(parts) == 2 and parts[1].isdigit():
+            hops = int(parts[1])
+            if hops > 0:
+                self._redirect(f"/fault/redirect-chain/{hops - 1}")
+            else:
+                self._send(200, FAULT_IMAGE, "image/png")
+        elif name == "429":
+            status = int(q.get("status", "429"))
+            if owner._bump(("429", q.get("id", ""))) == 1:
+                headers = {"Retry-After": q["retry_after"]} if "retry_after" in q else {}
+                self._send(status, b"slow down\n", "text/plain", headers)
+            else:
+                self._send(200, FAULT_IMAGE, "image/png")
+        else:
+            self._send(404, f"unknown fault route {name!r}\n".encode(), "text/plain")
+
+    def _large(self, size: int, declare: bool, chunked: bool) -> None:
+        stopping = self.server.owner._stopping
+        if declare:
+            self._head(200, "image/jpeg", {"Content-Length": str(size)})
+        elif chunked:
+            self._head(200, "image/jpeg", {"Transfer-Encoding": "chunked"})
+        else:
+            # No length and no chunking: HTTP/1.1 allows ending the body by closing.
+            self.close_connection = True
+            self._head(200, "image/jpeg", {"Connection": "close"})
+        sent = 0
+        while sent < size:
+            if stopping.is_set():
+                self.close_connection = True
+                return
+            piece = _JUNK[: min(len(_JUNK), size - sent)]
+            if not declare and chunked:
+                self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            else:
+                self.wfile.write(piece)
+            sent += len(piece)
+        if not declare and chunked:
+            self.wfile.write(b"0\r\n\r\n")
+
+    def _reset(self) -> None:
+        # SO_LINGER with a zero timeout makes close() send RST instead of FIN;
+        # the socket must be closed here, because socketserver's own
+        # shutdown(SHUT_WR) would send a FIN first and look like a clean end.
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.rfile.close()  # drops the makefile reference so close() is real
+        self.connection.close()
+
+
+class LoopbackServer:
+    """A threaded HTTP/1.1 server on 127.0.0.1; see the module docstring for routes."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._address = (host, port)
+        self._routes: dict[str, _Route] = {}
+        self._lock = threading.Lock()
+        self._hits: dict[str, int] = {}
+        self._requests: list[RecordedRequest] = []
+        self._counters: dict[tuple[str, str], int] = {}
+        self._handlers: set[_Handler] = set()
+        self._handler_threads: set[threading.Thread] = set()
+        self._connections = 0
+        self._stopping = threading.Event()
+        self._httpd: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------
+
+    def start(self) -> "LoopbackServer":
+        if self._httpd is not None:
+            return self
+        self._stopping.clear()
+        self._httpd = _Server(self, self._address)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"loopback-{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop accepting, end in-flight responses and close every connection."""
+        httpd = self._httpd
+        if httpd is None:
+            return
+        self._stopping.set()  # slow, drip and endless routes watch this
+        httpd.shutdown()
+        with self._lock:
+            handlers = list(self._handlers)
+            threads = list(self._handler_threads)
+        for handler in handlers:
+            # Wakes handlers blocked reading the next keep-alive request or
+            # writing to a client that stopped reading.
+            try:
+                handler.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        end = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, end - time.monotonic()))
+        self._httpd = None
+        self._thread = None
+
+    def __enter__(self) -> "LoopbackServer":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    # -- addresses -------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError("LoopbackServer is not started; call start() or use it as a context manager")
+        return self._httpd.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self._address[0]}:{self.port}"
+
+    def url(self, path: str) -> str:
+        return self.base_url + (path if path.startswith("/") else "/" + path)
+
+    # -- content and inspection --------------------------------------------
+
+    def add(
+        self, path: str, body: bytes, content_type: str | None = "image/jpeg", headers: dict[str, str] | None = None
+    ) -> str:
+        """Serve ``body`` at ``path`` (200); ``content_type=None`` sends no Content-Type. Returns the URL path."""
+        if not path.startswith("/"):
+            path = "/" + path
+        with self._lock:
+            self._routes[path] = _Route(bytes(body), content_type, dict(headers or {}))
+        return path
+
+    def hits(self, path: str) -> int:
+        """Requests received for ``path``; with a ``?query`` only that exact target counts."""
+        with self._lock:
+            return self._hits.get(path, 0)
+
+    def requests(self, path: str | None = None) -> list[RecordedRequest]:
+        """Requests received (method, target, headers), oldest first; optionally for one path."""
+        with self._lock:
+            return [r for r in self._requests if path is None or r.path == path or r.target == path]
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted so far (keep-alive reuse keeps this low)."""
+        with self._lock:
+            return self._connections
+
+    # -- called from handler threads ------------------------------------
+
+    def _register(self, handler: _Handler) -> None:
+        with self._lock:
+            self._handlers.add(handler)
+            self._handler_threads.add(threading.current_thread())
+            self._connections += 1
+            late = self._stopping.is_set()
+        if late:
+            try:
+                handler.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _unregister(self, handler: _Handler) -> None:
+        with self._lock:
+            self._handlers.discard(handler)
+            self._handler_threads.discard(threading.current_thread())
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self._requests.append(request)
+            self._hits[request.path] = self._hits.get(request.path, 0) + 1
+            if request.target != request.path:
+                self._hits[request.target] = self._hits.get(request.target, 0) + 1
+
+    def _bump(self, key: tuple[str, str]) -> int:
+        with self._lock:
+            self._counters[key] = self._counters.get(key, 0) + 1
+            return self._counters[key]
