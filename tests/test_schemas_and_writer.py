@@ -1,0 +1,103 @@
+import io
+import json
+import os
+
+import apache_beam as beam
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from PIL import Image
+
+from paircurate.config import CaptionConfig
+from paircurate.pipeline import write as W
+from paircurate.pipeline.captions import CleanCaptions
+from paircurate.pipeline.write import ShardWriter, completed_shards
+from paircurate.schemas import records as R
+
+
+def sample(i: int, **extra) -> dict:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (i, 0, 0)).save(buf, format="JPEG")
+    rec = {
+        R.UID: f"{i:032x}", R.URL: f"http://h/{i}.jpg", R.CAPTION: f"caption {i}", R.SOURCE_FILE: "in.csv",
+        R.SOURCE_ROW: i, R.SHARD: 3, R.CAPTION_RAW: f" caption  {i}", R.IMAGE: buf.getvalue(), R.IMAGE_FORMAT: "jpg",
+        R.WIDTH: 8, R.HEIGHT: 8, R.ORIGINAL_WIDTH: 16, R.ORIGINAL_HEIGHT: 16, R.SHA256: "0" * 64,
+        R.BYTE_SIZE: len(buf.getvalue()), R.CONTENT_TYPE: "image/jpeg", R.HTTP_STATUS: 200, R.DOWNLOAD_SECONDS: 0.01,
+        R.EXTRA: {"license": "cc0"},
+    }
+    rec.update(extra)
+    return rec
+
+
+def reject(i: int) -> dict:
+    return {R.UID: f"{i:032x}", R.URL: "http://h/x", R.CAPTION: "c", R.SOURCE_FILE: "in.csv", R.SOURCE_ROW: i,
+            R.SHARD: 3, R.STAGE: "download", R.REASON: "http_404", R.DETAIL: "HTTP 404"}
+
+
+def test_to_table_names_the_bad_field():
+    with pytest.raises(R.SchemaMismatch, match="'width'"):
+        R.to_table([sample(1, width="wide")], R.sample_schema())
+    bad = sample(1)
+    bad[R.UID] = None
+    with pytest.raises(R.SchemaMismatch, match="'uid' is required"):
+        R.to_table([bad], R.sample_schema())
+
+
+def test_schemas_carry_version_and_save_cols():
+    schema = R.sample_schema(("license", "nsfw"))
+    assert schema.metadata[R.SCHEMA_VERSION_KEY] == R.SCHEMA_VERSION.encode()
+    assert schema.names[-2:] == ["license", "nsfw"]
+    assert R.IMAGE not in schema.names  # bytes live in the tar only
+    assert {R.STAGE, R.REASON, R.DETAIL, R.DUPLICATE_OF}.issubset(R.reject_schema().names)
+
+
+def test_shard_writer_writes_aligned_tar_parquet_embeddings_and_marker_last(tmp_path):
+    emb = lambda i: np.full(4, i / 10, dtype=np.float32)  # noqa: E731
+    samples = [sample(i, **{R.CLIP_SCORE: 0.3 + i / 100, R.IMAGE_EMBEDDING: emb(i), R.TEXT_EMBEDDING: -emb(i)}) for i in (2, 0, 1)]
+    stats = ShardWriter(str(tmp_path), save_cols=("license",)).write(3, samples, [reject(5)])
+    assert stats["kept"] == 3 and stats["input_rows"] == 4 and stats["rejected"] == {"download": {"http_404": 1}}
+    assert completed_shards(str(tmp_path)) == {3}
+
+    table = pq.read_table(tmp_path / "00003.parquet")
+    assert table.schema.equals(R.sample_schema(("license",)), check_metadata=False)
+    assert table.column(R.SOURCE_ROW).to_pylist() == [0, 1, 2]  # sorted by provenance
+    assert table.column("license").to_pylist() == ["cc0"] * 3
+    img = np.load(tmp_path / "00003.img.npy")
+    assert img.dtype == np.float16 and img.shape == (3, 4)
+    np.testing.assert_allclose(img[:, 0], [0.0, 0.1, 0.2], atol=1e-3)  # rows follow the Parquet
+    np.testing.assert_allclose(np.load(tmp_path / "00003.txt.npy"), -img)
+
+    keys = [s["__key__"] for s in wds.WebDataset(str(tmp_path / "00003.tar"), shardshuffle=False)]
+    assert keys == table.column(R.UID).to_pylist()
+    first = next(iter(wds.WebDataset(str(tmp_path / "00003.tar"), shardshuffle=False)))
+    meta = json.loads(first["json"])
+    assert meta["license"] == "cc0" and R.DOWNLOAD_SECONDS not in meta and first["txt"] == b"caption 0"
+    assert pq.read_table(tmp_path / "rejected" / "00003.parquet").column(R.REASON).to_pylist() == ["http_404"]
+
+
+def test_a_failed_write_leaves_neither_file_nor_temporary(tmp_path, monkeypatch):
+    def boom(table, fh):
+        fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(W.pq, "write_table", boom)
+    with pytest.raises(OSError, match="disk full"):
+        ShardWriter(str(tmp_path)).write(0, [sample(1)], [])
+    # The tar was complete before the Parquet failed; the Parquet left no temporary
+    # behind, and without its stats marker the shard counts as unfinished.
+    assert sorted(os.listdir(tmp_path)) == ["00000.tar", W.REJECTED_DIR]
+    assert completed_shards(str(tmp_path)) == frozenset()
+
+
+def test_clean_captions_transform_routes_rejects():
+    rows = [{R.UID: "a", R.CAPTION: "a &amp; b c", R.SOURCE_FILE: "f", R.SOURCE_ROW: 0, R.SHARD: 0, R.URL: "u"},
+            {R.UID: "b", R.CAPTION: "x", R.SOURCE_FILE: "f", R.SOURCE_ROW: 1, R.SHARD: 0, R.URL: "u"}]
+    with BeamTestPipeline(runner=FnApiRunner()) as p:
+        out = p | beam.Create(rows) | CleanCaptions(CaptionConfig(min_words=2))
+        assert_that(out.kept | "kc" >> beam.Map(lambda r: r[R.CAPTION]), equal_to(["a & b c"]), label="kept")
+        assert_that(out.rejected | "rr" >> beam.Map(lambda r: (r[R.UID], r[R.STAGE], r[R.REASON])),
+                    equal_to([("b", "caption", "caption_too_few_words")]), label="rejected")
