@@ -55,6 +55,8 @@ _RUN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("curation options (override --config)")
     for flag, key, kwargs in _RUN_FLAGS:
+        if "choices" not in kwargs and "action" not in kwargs:
+            kwargs = {"metavar": key.split(".")[1].upper(), **kwargs}
         group.add_argument(flag, dest=key, default=None, **kwargs)
     parser.add_argument("--config", help="YAML file with config sections (input, download, image, clip, output, ...)")
     parser.add_argument("--overwrite", action="store_true", help="delete OUT first instead of resuming into it")
@@ -133,6 +135,11 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _drop_known_noise(record: logging.LogRecord) -> bool:
+    # Beam warns at import time about optional GCP client libraries we never use.
+    return "apitools not found" not in record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args, beam_args = parser.parse_known_args(argv)
@@ -143,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for h in logging.getLogger().handlers:
+        h.addFilter(_drop_known_noise)
     handler: Callable[[argparse.Namespace, list[str]], int] = args.handler
     try:
         return handler(args, beam_args)
