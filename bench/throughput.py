@@ -53,7 +53,7 @@ def time_run(url_list: str, out_dir: str, extra: list[str]) -> tuple[float, int]
     cmd = [
         sys.executable, "-m", "paircurate.cli", "run", url_list, "-o", out_dir,
         "--image-size", "256", "--resize-mode", "center_crop", "--encode-format", "jpg", "--encode-quality", "95",
-        "--no-progress", *extra,
+        "--no-progress", "--allow-private-network", "--per-domain-concurrency", "64", *extra,
     ]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)

@@ -34,6 +34,12 @@ _RUN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--max-bytes", "download.max_bytes", dict(type=int, help="largest body accepted, enforced while streaming (default: 20 MiB)")),
     ("--max-redirects", "download.max_redirects", dict(type=int, help="redirect hops followed (default: 5)")),
     ("--user-agent", "download.user_agent", dict(help="User-Agent header sent with every request")),
+    ("--per-domain-concurrency", "download.per_domain_concurrency", dict(type=int, help="requests in flight to one host per worker (default: 16)")),
+    ("--per-domain-rps", "download.per_domain_rps", dict(type=float, help="requests per second to one host per worker (default: unlimited)")),
+    ("--allow-private-network", "download.allow_private_network", dict(action="store_const", const=True, help="allow URLs on loopback/private/link-local addresses (refused by default)")),
+    ("--opt-out-tags", "download.opt_out_tags", dict(help="comma-separated X-Robots-Tag values that reject a response as opted_out (default: noai,noimageai)")),
+    ("--respect-robots-txt", "download.respect_robots_txt", dict(action="store_const", const=True, help="check each host's robots.txt for --robots-user-agent")),
+    ("--robots-user-agent", "download.robots_user_agent", dict(help="user agent token looked up in robots.txt (default: paircurate)")),
     ("--image-size", "image.image_size", dict(type=int, help="target size in pixels (default: 256)")),
     ("--resize-mode", "image.resize_mode", dict(choices=RESIZE_MODES, help="how to reach --image-size (default: center_crop)")),
     ("--min-image-size", "image.min_image_size", dict(type=int, help="reject images whose smaller side is below this (default: 0)")),
@@ -48,6 +54,13 @@ _RUN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--clip-batch-size", "clip.batch_size", dict(type=int, help="images per CLIP batch (default: 128)")),
     ("--clip-threshold", "clip.threshold", dict(type=float, help="reject pairs scoring below (default: the model's published value)")),
     ("--clip-top-percent", "clip.top_percent", dict(type=float, help="keep the top P%% of the run by CLIP score")),
+    ("--no-dedup-exact", "dedup.exact", dict(action="store_const", const=False, help="keep exact duplicates (same URL or same image bytes)")),
+    ("--no-dedup-perceptual", "dedup.perceptual", dict(action="store_const", const=False, help="keep perceptual (pHash) near-duplicates")),
+    ("--phash-threshold", "dedup.phash_threshold", dict(type=int, help="pHash Hamming distance counted as a copy (default: 4)")),
+    ("--no-dedup-semantic", "dedup.semantic", dict(action="store_const", const=False, help="keep semantic (CLIP embedding) near-duplicates")),
+    ("--semantic-dedup-threshold", "dedup.semantic_threshold", dict(type=float, help="cosine similarity counted as a duplicate (default: 0.95)")),
+    ("--dedup-against", "dedup.dedup_against", dict(help="output folder of an earlier run: also drop samples it already holds")),
+    ("--decontaminate-against", "dedup.decontaminate_against", dict(help="folder or Parquet of evaluation images to remove (eval_contamination)")),
     ("--shard-size", "output.shard_size", dict(type=int, help="input rows per shard (default: 10000)")),
 ]
 
@@ -79,7 +92,7 @@ def build_config(args: argparse.Namespace, beam_args: list[str]) -> PipelineConf
         overrides["runner.beam_args"] = list(cfg.runner.beam_args) + beam_args
     if args.no_progress:
         overrides["runner.progress"] = False
-    if any(k.startswith("clip.") and k != "clip.enabled" for k in overrides) and "clip.enabled" not in overrides:
+    if any(k.startswith("clip.") and k not in ("clip.enabled", "clip.device") for k in overrides) and "clip.enabled" not in overrides:
         overrides["clip.enabled"] = True  # naming a model or threshold means "score"
     return cfg.with_overrides(overrides)
 

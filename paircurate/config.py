@@ -73,6 +73,14 @@ class DownloadConfig:
     max_redirects: int = 5
     user_agent: str = DEFAULT_USER_AGENT
     batch_size: int = 64  # URLs handed to one thread pool at a time
+    # Politeness and safety (see README "Crawling politely and safely").
+    per_domain_concurrency: int = 16  # requests in flight to one host, per worker
+    per_domain_rps: float = 0.0  # requests per second to one host, per worker; 0 = unlimited
+    retry_after_max: float = 30.0  # longest Retry-After we wait for (still bounded by the deadline)
+    allow_private_network: bool = False  # loopback/private/link-local targets refused unless set
+    opt_out_tags: tuple[str, ...] = ("noai", "noimageai")  # X-Robots-Tag values that mean "do not use"
+    respect_robots_txt: bool = False
+    robots_user_agent: str = "paircurate"
 
     def __post_init__(self) -> None:
         _check(self.threads >= 1, "download.threads must be >= 1")
@@ -82,6 +90,9 @@ class DownloadConfig:
         _check(self.max_bytes > 0, "download.max_bytes must be > 0")
         _check(self.max_redirects >= 0, "download.max_redirects must be >= 0")
         _check(self.batch_size >= 1, "download.batch_size must be >= 1")
+        _check(self.per_domain_concurrency >= 1, "download.per_domain_concurrency must be >= 1")
+        _check(self.per_domain_rps >= 0, "download.per_domain_rps must be >= 0 (0 = unlimited)")
+        _check(self.retry_after_max >= 0, "download.retry_after_max must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -122,6 +133,23 @@ class ClipConfig:
 
 
 @dataclass(frozen=True)
+class DedupConfig:
+    exact: bool = True  # same normalized URL or same image sha256
+    perceptual: bool = True  # pHash within phash_threshold bits
+    phash_threshold: int = 4  # Hamming distance (of 64 bits) that still counts as a copy
+    semantic: bool = True  # SemDeDup on CLIP image embeddings; needs CLIP on
+    semantic_threshold: float = 0.95  # cosine similarity at or above which two images are duplicates
+    semantic_clusters: int = 0  # k-means clusters; 0 = about sqrt(n)
+    dedup_against: str = ""  # output folder of an earlier run to deduplicate against
+    decontaminate_against: str = ""  # folder or Parquet of evaluation images to remove
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.phash_threshold <= 64, "dedup.phash_threshold must be in 0..64")
+        _check(0 < self.semantic_threshold <= 1, "dedup.semantic_threshold must be in (0, 1]")
+        _check(self.semantic_clusters >= 0, "dedup.semantic_clusters must be >= 0")
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     path: str = ""
     shard_size: int = 10_000  # input rows per shard, as img2dataset counts them
@@ -143,6 +171,7 @@ class PipelineConfig:
     download: DownloadConfig = field(default_factory=DownloadConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
 

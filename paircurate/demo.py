@@ -85,7 +85,7 @@ def demo_config(input_path: str, out_dir: str, clip: bool, beam_args: list[str],
         {
             "input": {"paths": [input_path], "save_cols": ["kind"]},
             "caption": {"min_words": 2, "min_chars": 5},
-            "download": {"threads": 16, "retries": 1, "backoff_base": 0.1, "deadline": 10, "read_timeout": 5},
+            "download": {"threads": 16, "retries": 1, "backoff_base": 0.1, "deadline": 10, "read_timeout": 5, "allow_private_network": True},
             "image": {"image_size": 224, "resize_mode": "center_crop", "min_image_size": 64},
             "clip": {"enabled": clip, "model": TINY_MODEL, "pretrained": TINY_MODEL, "device": "auto"},
             "output": {"path": out_dir, "shard_size": 100},

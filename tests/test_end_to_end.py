@@ -75,7 +75,7 @@ def run_cli(inputs, out, *extra) -> int:
             "run", *inputs, "-o", str(out),
             "--image-size", str(IMAGE_SIZE), "--min-image-size", "32", "--min-words", "2",
             "--deadline", "1.5", "--read-timeout", "1", "--retries", "1", "--max-bytes", "200000",
-            "--shard-size", "10", "--save-cols", "license", "--no-progress", *extra,
+            "--shard-size", "10", "--save-cols", "license", "--no-progress", "--allow-private-network", *extra,
         ]
     )
 
