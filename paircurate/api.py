@@ -23,6 +23,7 @@ from paircurate.config import ConfigError, PipelineConfig
 from paircurate.pipeline.graph import build_graph
 from paircurate.pipeline.progress import PROGRESS_DIR, ProgressMonitor
 from paircurate.pipeline.read import InputFile, plan_inputs
+from paircurate.pipeline.spool import SPOOL_DIR
 from paircurate.pipeline.stats import build_funnel, package_versions, read_shard_stats
 from paircurate.pipeline.write import completed_shards
 
@@ -114,6 +115,7 @@ def run(cfg: PipelineConfig, overwrite: bool = False) -> RunSummary:
             result = pipeline.run()
             result.wait_until_finish()
     shutil.rmtree(progress_dir, ignore_errors=True)
+    shutil.rmtree(os.path.join(out_dir, SPOOL_DIR), ignore_errors=True)
 
     shard_stats = read_shard_stats(out_dir)
     stats = {

@@ -1,6 +1,6 @@
 """The pipeline graph: the only place that orders the stages.
 
-    read -> captions -> download (+decode/resize) -> [clip score] -> write shards
+    read -> captions -> download (+decode/resize) -> [clip score] -> spool images -> write shards
        \________\______________\___________________\____ rejects -> write (same shard)
 
 Every stage returns ``StageOutputs(kept, rejected)``; rejects of all stages are
@@ -16,6 +16,7 @@ from paircurate.config import PipelineConfig
 from paircurate.pipeline.captions import CleanCaptions
 from paircurate.pipeline.download import DownloadImages
 from paircurate.pipeline.read import InputFile, ReadPairs
+from paircurate.pipeline.spool import SpoolImages
 from paircurate.pipeline.write import WriteShards
 
 
@@ -40,5 +41,7 @@ def build_graph(
         kept = scored.kept
         rejected.append(scored.rejected)
 
+    # From here on only small records travel; image bytes wait on disk.
+    kept = kept | "SpoolImages" >> SpoolImages(cfg.output.path)
     all_rejected = rejected | "AllRejects" >> beam.Flatten()
     return (kept, all_rejected) | "Write" >> WriteShards(cfg.output.path, cfg.input.save_cols)

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 import webdataset as wds
 
 from paircurate.filters.decision import Stage
+from paircurate.pipeline.spool import load_image, remove_shard_spool
 from paircurate.pipeline.stage import METRICS_NAMESPACE
 from paircurate.schemas import records as R
 
@@ -36,7 +37,7 @@ STATS_SUFFIX = "_stats.json"
 REJECTED_DIR = "rejected"
 _TAR_MTIME = 0.0  # fixed so identical shards are byte-identical across runs
 # In-flight fields that go into their own files, not into Parquet or json.
-_BULK_FIELDS = (R.IMAGE, R.IMAGE_EMBEDDING, R.TEXT_EMBEDDING, R.EXTRA)
+_BULK_FIELDS = (R.IMAGE, R.IMAGE_SPOOL, R.IMAGE_EMBEDDING, R.TEXT_EMBEDDING, R.EXTRA)
 # Timings differ from run to run; they stay in the Parquet but out of the tar,
 # so the same input gives byte-identical shards.
 _TAR_EXCLUDED = _BULK_FIELDS + (R.DOWNLOAD_SECONDS,)
@@ -124,6 +125,7 @@ class ShardWriter:
         # Last: the stats file is the completion marker a re-run looks for.
         payload = json.dumps(stats, indent=2, sort_keys=True).encode()
         _atomic_write(os.path.join(self._out, f"{name}{STATS_SUFFIX}"), lambda fh: fh.write(payload))
+        remove_shard_spool(self._out, shard)
         return stats
 
     def _write_tar(self, path: str, samples: list[dict]) -> int:
@@ -138,7 +140,7 @@ class ShardWriter:
                     sink.write(
                         {
                             "__key__": s[R.UID],
-                            s[R.IMAGE_FORMAT]: s[R.IMAGE],
+                            s[R.IMAGE_FORMAT]: load_image(s),
                             "txt": (s.get(R.CAPTION) or "").encode("utf-8"),
                             "json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8"),
                         }

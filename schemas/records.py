@@ -29,6 +29,7 @@ EXTRA = "extra"  # dict of --save-cols values while in flight; columns on output
 CAPTION_RAW = "caption_raw"
 
 IMAGE = "image"  # encoded bytes (in flight only; goes into the tar, not the Parquet)
+IMAGE_SPOOL = "image_spool"  # in flight only: where the bytes wait for the shard writer
 IMAGE_FORMAT = "image_format"
 WIDTH = "width"
 HEIGHT = "height"
