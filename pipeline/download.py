@@ -7,14 +7,16 @@ while it works on pixels, so both cores stay busy even in one process.
 
 from __future__ import annotations
 
+import io
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
+from PIL import Image
 
 from paircurate.config import DownloadConfig, ImageConfig
 from paircurate.filters.decision import Reason, RejectError, Stage
+from paircurate.filters.duplicates import phash
 from paircurate.filters.image import prepare_image
 from paircurate.pipeline.fetch import download_image, make_pool
 from paircurate.pipeline.progress import ProgressReporter
@@ -24,7 +26,7 @@ from paircurate.schemas import records as R
 log = logging.getLogger(__name__)
 
 
-def fetch_and_prepare(record: dict, download_cfg: DownloadConfig, image_cfg: ImageConfig, pool) -> dict:
+def fetch_and_prepare(record: dict, download_cfg: DownloadConfig, image_cfg: ImageConfig, pool, with_phash: bool = False) -> dict:
     """One record through download and image preparation.
 
     Returns the enriched record, or a reject row (it has a ``reason`` field).
@@ -43,9 +45,15 @@ def fetch_and_prepare(record: dict, download_cfg: DownloadConfig, image_cfg: Ima
     except Exception as exc:
         log.exception("unexpected image failure for %s", record.get(R.URL))
         return make_reject(record, Stage.IMAGE, Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+    image_hash = None
+    if with_phash:
+        # Hashed from the stored image, so copies at other resolutions compare alike.
+        with Image.open(io.BytesIO(image.data)) as stored:
+            image_hash = phash(stored.convert("RGB"))
     out = dict(record)
     out.update(
         {
+            R.PHASH: image_hash,
             R.IMAGE: image.data,
             R.IMAGE_FORMAT: image.format,
             R.WIDTH: image.width,
@@ -63,10 +71,11 @@ def fetch_and_prepare(record: dict, download_cfg: DownloadConfig, image_cfg: Ima
 
 
 class _FetchBatchFn(beam.DoFn):
-    def __init__(self, download_cfg: DownloadConfig, image_cfg: ImageConfig, progress_dir: str | None) -> None:
+    def __init__(self, download_cfg: DownloadConfig, image_cfg: ImageConfig, progress_dir: str | None, with_phash: bool) -> None:
         self._download_cfg = download_cfg
         self._image_cfg = image_cfg
         self._progress_dir = progress_dir
+        self._with_phash = with_phash
 
     def setup(self) -> None:
         self._pool = make_pool(self._download_cfg)
@@ -77,7 +86,7 @@ class _FetchBatchFn(beam.DoFn):
 
     def process(self, batch: list[dict]):
         results = self._executor.map(
-            lambda r: fetch_and_prepare(r, self._download_cfg, self._image_cfg, self._pool), batch
+            lambda r: fetch_and_prepare(r, self._download_cfg, self._image_cfg, self._pool, self._with_phash), batch
         )
         for result in results:
             self._progress.add(1)
@@ -105,17 +114,18 @@ class DownloadImages(beam.PTransform):
     ``image`` (``decode_error``, ``image_too_small``, ...).
     """
 
-    def __init__(self, download_cfg: DownloadConfig, image_cfg: ImageConfig, progress_dir: str | None = None) -> None:
+    def __init__(self, download_cfg: DownloadConfig, image_cfg: ImageConfig, progress_dir: str | None = None, with_phash: bool = False) -> None:
         super().__init__()
         self._download_cfg = download_cfg
         self._image_cfg = image_cfg
         self._progress_dir = progress_dir
+        self._with_phash = with_phash
 
     def expand(self, pairs) -> StageOutputs:
         size = self._download_cfg.batch_size
         out = (
             pairs
             | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
-            | "FetchAndPrepare" >> beam.ParDo(_FetchBatchFn(self._download_cfg, self._image_cfg, self._progress_dir)).with_outputs(REJECTED, main="kept")
+            | "FetchAndPrepare" >> beam.ParDo(_FetchBatchFn(self._download_cfg, self._image_cfg, self._progress_dir, self._with_phash)).with_outputs(REJECTED, main="kept")
         )
         return StageOutputs(out.kept, out[REJECTED])

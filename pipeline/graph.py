@@ -1,11 +1,13 @@
 """The pipeline graph: the only place that orders the stages.
 
     read -> captions -> download (+decode/resize) -> [clip score] -> spool images -> write shards
-       \________\______________\___________________\____ rejects -> write (same shard)
+       \________\______________\___________________\___ rejects ______/      /
+                                                       dedup -> removals ___/
 
 Every stage returns ``StageOutputs(kept, rejected)``; rejects of all stages are
 flattened and written next to the kept samples of their shard, so each input
-row ends up in exactly one of the two.
+row ends up in exactly one of the two. Dedup looks at all kept samples at once
+and names the ones to remove; the shard writer turns those into reject rows.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import apache_beam as beam
 
 from paircurate.config import PipelineConfig
 from paircurate.pipeline.captions import CleanCaptions
+from paircurate.pipeline.dedup import FindDuplicates
 from paircurate.pipeline.download import DownloadImages
 from paircurate.pipeline.read import InputFile, ReadPairs
 from paircurate.pipeline.spool import SpoolImages
@@ -30,7 +33,7 @@ def build_graph(
     """Add the whole curation graph to ``p``; returns the per-shard stats PCollection."""
     pairs = p | "Read" >> ReadPairs(files, cfg.input, cfg.output.shard_size, skip_shards)
     captions = pairs.kept | "Captions" >> CleanCaptions(cfg.caption)
-    images = captions.kept | "Download" >> DownloadImages(cfg.download, cfg.image, progress_dir)
+    images = captions.kept | "Download" >> DownloadImages(cfg.download, cfg.image, progress_dir, with_phash=cfg.dedup.perceptual)
     kept = images.kept
     rejected = [pairs.rejected, captions.rejected, images.rejected]
 
@@ -43,5 +46,6 @@ def build_graph(
 
     # From here on only small records travel; image bytes wait on disk.
     kept = kept | "SpoolImages" >> SpoolImages(cfg.output.path)
+    removals = kept | "Dedup" >> FindDuplicates(cfg.dedup, semantic=cfg.clip.enabled)
     all_rejected = rejected | "AllRejects" >> beam.Flatten()
-    return (kept, all_rejected) | "Write" >> WriteShards(cfg.output.path, cfg.input.save_cols)
+    return (kept, all_rejected, removals) | "Write" >> WriteShards(cfg.output.path, cfg.input.save_cols)

@@ -28,9 +28,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import webdataset as wds
 
-from paircurate.filters.decision import Stage
+from paircurate.filters.decision import Reason, Stage
 from paircurate.pipeline.spool import load_image, remove_shard_spool
-from paircurate.pipeline.stage import METRICS_NAMESPACE
+from paircurate.pipeline.stage import METRICS_NAMESPACE, StageCounters, make_reject
 from paircurate.schemas import records as R
 
 STATS_SUFFIX = "_stats.json"
@@ -94,9 +94,12 @@ class ShardWriter:
         self._sample_schema = R.sample_schema(save_cols)
         self._reject_schema = R.reject_schema()
 
-    def write(self, shard: int, samples: Iterable[dict], rejects: Iterable[dict]) -> dict:
+    def write(self, shard: int, samples: Iterable[dict], rejects: Iterable[dict], removals: Iterable[dict] = ()) -> dict:
+        """Write the shard; ``removals`` (from dedup) turn kept samples into reject rows."""
         order = lambda r: (r[R.SOURCE_FILE], r[R.SOURCE_ROW])  # noqa: E731 - deterministic order in every run
-        samples = sorted(samples, key=order)
+        removed = {r[R.UID]: r for r in removals}
+        rejects = list(rejects) + [_removal_reject(s, removed[s[R.UID]]) for s in samples if s[R.UID] in removed]
+        samples = sorted((s for s in samples if s[R.UID] not in removed), key=order)
         rejects = sorted(rejects, key=order)
         name = shard_name(shard)
         os.makedirs(os.path.join(self._out, REJECTED_DIR), exist_ok=True)
@@ -151,6 +154,13 @@ class ShardWriter:
         return buffer_size
 
 
+def _removal_reject(sample: dict, removal: dict) -> dict:
+    row = make_reject(sample, Stage.DEDUP, Reason(removal[R.REASON]), f"{removal[R.REASON]} of {removal[R.DUPLICATE_OF]} (similarity {removal[R.SIMILARITY]:.4f})")
+    row[R.DUPLICATE_OF] = removal[R.DUPLICATE_OF]
+    row[R.SIMILARITY] = removal[R.SIMILARITY]
+    return row
+
+
 class _NoCloseWriter(io.RawIOBase):
     """Lets TarWriter close its stream without closing our file before fsync."""
 
@@ -185,16 +195,20 @@ class _WriteShardFn(beam.DoFn):
     def setup(self) -> None:
         self._writer = ShardWriter(self._out, self._save_cols)
         self._shards = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "write.shards")
+        self._dedup = StageCounters(Stage.DEDUP)
 
     def process(self, item):
         shard, grouped = item
-        stats = self._writer.write(shard, grouped["kept"], grouped["rejected"])
+        removals = list(grouped["removals"])
+        stats = self._writer.write(shard, grouped["kept"], grouped["rejected"], removals)
+        for removal in removals:
+            self._dedup.rejected(removal[R.REASON])
         self._shards.inc()
         yield stats
 
 
 class WriteShards(beam.PTransform):
-    """(kept samples, rejects) -> files per shard; outputs each shard's stats dict."""
+    """(kept samples, rejects, dedup removals) -> files per shard; outputs each shard's stats dict."""
 
     def __init__(self, out_dir: str, save_cols: tuple[str, ...] = ()) -> None:
         super().__init__()
@@ -202,11 +216,12 @@ class WriteShards(beam.PTransform):
         self._save_cols = save_cols
 
     def expand(self, inputs):
-        kept, rejected = inputs
+        kept, rejected, removals = inputs
         keyed_kept = kept | "KeyKeptByShard" >> beam.Map(lambda r: (r[R.SHARD], r))
         keyed_rejected = rejected | "KeyRejectsByShard" >> beam.Map(lambda r: (r[R.SHARD], r))
+        keyed_removals = removals | "KeyRemovalsByShard" >> beam.Map(lambda r: (r[R.SHARD], r))
         return (
-            {"kept": keyed_kept, "rejected": keyed_rejected}
+            {"kept": keyed_kept, "rejected": keyed_rejected, "removals": keyed_removals}
             | "GroupByShard" >> beam.CoGroupByKey()
             | "WriteShard" >> beam.ParDo(_WriteShardFn(self._out, self._save_cols))
         )

@@ -7,6 +7,7 @@ import io
 import json
 import os
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
@@ -19,9 +20,12 @@ IMAGE_SIZE = 64
 NUM_GOOD = 24
 
 
-def jpeg(w: int, h: int, color: tuple[int, int, int]) -> bytes:
+def jpeg(w: int, h: int, seed: int) -> bytes:
+    """A blocky random picture: distinct seeds are never perceptual duplicates."""
+    rng = np.random.default_rng(seed)
+    blocks = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
     buf = io.BytesIO()
-    Image.new("RGB", (w, h), color).save(buf, format="JPEG", quality=90)
+    blocks.resize((w, h), Image.Resampling.NEAREST).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
 
 
@@ -32,11 +36,11 @@ def served_inputs(loopback_server, tmp_path):
     expected: dict[tuple[str, int], str] = {}  # (file, row) -> "kept" or reason
     csv_rows, jsonl_rows = [], []
     for i in range(NUM_GOOD):
-        path = s.add(f"/img/{i}.jpg", jpeg(80 + 7 * i, 120, (10 * i, 100, 200)))
+        path = s.add(f"/img/{i}.jpg", jpeg(80 + 7 * i, 120, seed=i))
         row = {"url": s.url(path), "caption": f"a picture of thing number {i}", "license": f"cc-{i}"}
         (csv_rows if i % 2 == 0 else jsonl_rows).append((row, "kept"))
     s.add("/bad.jpg", b"\xff\xd8\xff garbage, not a jpeg" * 10)
-    s.add("/small.jpg", jpeg(20, 20, (0, 0, 0)))
+    s.add("/small.jpg", jpeg(20, 20, seed=999))
     faults = [
         ({"url": s.url("/fault/404"), "caption": "a picture that is gone"}, "http_404"),
         ({"url": s.url("/fault/500"), "caption": "broken server"}, "http_5xx"),

@@ -11,6 +11,7 @@ import sys
 import tarfile
 import time
 
+import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -23,7 +24,8 @@ def write_inputs(server, path) -> None:
         fh.write("url,caption\n")
         for i in range(NUM_URLS):
             buf = io.BytesIO()
-            Image.new("RGB", (48 + i % 7, 40), (i % 256, 50, 90)).save(buf, format="JPEG")
+            blocks = np.random.default_rng(i).integers(0, 256, (5, 5, 3), dtype=np.uint8)
+            Image.fromarray(blocks).resize((48 + i % 7, 40), Image.Resampling.NEAREST).save(buf, format="JPEG")
             server.add(f"/k/{i}.jpg", buf.getvalue())
             url = server.url(f"/k/{i}.jpg") if i % 10 else server.url(f"/fault/404?i={i}")
             fh.write(f"{url},a test picture number {i}\n")

@@ -1,0 +1,290 @@
+"""Dedup stage: exact, perceptual and semantic near-duplicates, and evaluation-set contamination.
+
+Works on small key records (uid, shard, score, sha256, normalized URL, pHash,
+image embedding), never on image bytes:
+
+    keys --(sha256 | URL)--------- GroupByKey -> exact pairs
+         --(pHash band)----------- GroupByKey -> pHash pairs (pigeonhole LSH: no all-pairs)
+         --(nearest centroids)---- GroupByKey -> semantic pairs (SemDeDup, FAISS k-means)
+    all pairs + the scores of their endpoints -> connected components -> one keeper per group
+
+The keeper of a group is the highest CLIP score, then the smallest uid, so the
+same input gives the same output on any runner and in any order. The output
+is one removal per removed uid, keyed by shard; the shard writer turns those
+samples into reject rows (``duplicate_exact`` / ``duplicate_phash`` /
+``duplicate_semantic`` / ``eval_contamination``) with ``duplicate_of`` and
+``similarity``.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import logging
+import os
+
+import apache_beam as beam
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from paircurate.config import DedupConfig
+from paircurate.filters.decision import Reason
+from paircurate.filters.duplicates import PhashIndex, exact_pairs, pairs_within, phash, phash_bands, resolve_duplicates
+from paircurate.schemas import records as R
+from paircurate.schemas.identity import normalize_url
+
+log = logging.getLogger(__name__)
+
+PINNED = "pinned"  # a record of an earlier release: it can be a keeper, never removed
+KMEANS_TRAINING_POINTS = 50_000
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def dedup_key(record: dict) -> dict:
+    """The few fields dedup needs; the embedding is None without CLIP."""
+    emb = record.get(R.IMAGE_EMBEDDING)
+    return {
+        R.UID: record[R.UID],
+        R.SHARD: record[R.SHARD],
+        R.CLIP_SCORE: record.get(R.CLIP_SCORE),
+        R.SHA256: record.get(R.SHA256),
+        R.URL: normalize_url(record[R.URL]),
+        R.PHASH: record.get(R.PHASH),
+        R.IMAGE_EMBEDDING: None if emb is None else np.asarray(emb, dtype=np.float32),
+        PINNED: False,
+    }
+
+
+def read_reference_keys(out_dir: str) -> list[dict]:
+    """Key records of an earlier run's kept samples (``--dedup-against``)."""
+    keys = []
+    for path in sorted(glob.glob(os.path.join(out_dir, "[0-9]*.parquet"))):
+        table = pq.read_table(path, columns=[R.UID, R.URL, R.SHA256, R.PHASH, R.CLIP_SCORE])
+        npy = path[: -len(".parquet")] + ".img.npy"
+        emb = np.load(npy).astype(np.float32) if os.path.exists(npy) else None
+        for i, row in enumerate(table.to_pylist()):
+            keys.append(
+                {
+                    R.UID: row[R.UID], R.SHARD: -1, R.CLIP_SCORE: row[R.CLIP_SCORE], R.SHA256: row[R.SHA256],
+                    R.URL: normalize_url(row[R.URL]), R.PHASH: row[R.PHASH],
+                    R.IMAGE_EMBEDDING: None if emb is None else emb[i], PINNED: True,
+                }
+            )
+    if not keys:
+        raise FileNotFoundError(f"--dedup-against {out_dir}: no shard Parquet files (NNNNN.parquet) found")
+    return keys
+
+
+def load_eval_hashes(source: str) -> list[tuple[str, str, str]]:
+    """(eval id, sha256, pHash) of an evaluation set: a folder of images or a Parquet file.
+
+    A Parquet file needs an ``id`` (or ``uid``) column and either ``phash`` /
+    ``sha256`` columns or an ``image`` column of encoded bytes.
+    """
+    items = []
+    if os.path.isdir(source):
+        for path in sorted(glob.glob(os.path.join(source, "**", "*"), recursive=True)):
+            if path.lower().endswith(_IMAGE_SUFFIXES):
+                with open(path, "rb") as fh:
+                    data = fh.read()
+                items.append((os.path.relpath(path, source), *_hashes_of(data, path)))
+    else:
+        table = pq.read_table(source)
+        names = table.column_names
+        id_col = "id" if "id" in names else "uid"
+        if id_col not in names:
+            raise ValueError(f"--decontaminate-against {source}: needs an 'id' or 'uid' column (has {names})")
+        for row in table.to_pylist():
+            if "image" in names and row.get("image") is not None:
+                items.append((str(row[id_col]), *_hashes_of(row["image"], f"{source} id {row[id_col]}")))
+            else:
+                items.append((str(row[id_col]), row.get("sha256"), row.get("phash")))
+    if not items:
+        raise ValueError(f"--decontaminate-against {source}: no images found")
+    return items
+
+
+def _hashes_of(data: bytes, where: str) -> tuple[str, str | None]:
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return sha, phash(img.convert("RGB"))
+    except Exception as exc:  # an unreadable eval image still matches by its bytes
+        log.warning("evaluation image %s does not decode (%s); matching it by sha256 only", where, exc)
+        return sha, None
+
+
+class _DecontaminateFn(beam.DoFn):
+    """Removes keys that match an evaluation image; passes the rest on."""
+
+    def __init__(self, source: str, threshold: int) -> None:
+        self._source = source
+        self._threshold = threshold
+
+    def setup(self) -> None:
+        items = load_eval_hashes(self._source)
+        self._by_sha = {}
+        for eval_id, sha, _ in items:
+            if sha:
+                self._by_sha.setdefault(sha, eval_id)
+        self._index = PhashIndex([(eval_id, ph) for eval_id, _, ph in items if ph], self._threshold)
+
+    def process(self, key: dict):
+        if key[PINNED]:
+            yield key
+            return
+        eval_id = self._by_sha.get(key[R.SHA256])
+        similarity = 1.0
+        if eval_id is None and key[R.PHASH]:
+            match = self._index.best(key[R.PHASH])
+            if match is not None:
+                eval_id, similarity = match.ref_id, match.similarity
+        if eval_id is None:
+            yield key
+        else:
+            yield beam.pvalue.TaggedOutput("removed", _removal(key, Reason.EVAL_CONTAMINATION, eval_id, similarity))
+
+
+def _removal(key: dict, reason: Reason, duplicate_of: str, similarity: float) -> dict:
+    return {R.UID: key[R.UID], R.SHARD: key[R.SHARD], R.REASON: reason.value, R.DUPLICATE_OF: duplicate_of, R.SIMILARITY: float(similarity)}
+
+
+def _exact_keys(key: dict):
+    if key[R.SHA256]:
+        yield ("sha256", key[R.SHA256]), key[R.UID]
+    yield ("url", key[R.URL]), key[R.UID]
+
+
+def _phash_bucket_keys(key: dict, threshold: int):
+    if key[R.PHASH]:
+        for band, value in phash_bands(key[R.PHASH], threshold):
+            yield (band, value), (key[R.UID], key[R.PHASH])
+
+
+class _AssignClustersFn(beam.DoFn):
+    """Keys each record by its ``nprobe`` nearest centroids (SemDeDup with border queries)."""
+
+    def __init__(self, nprobe: int) -> None:
+        self._nprobe = nprobe
+
+    def process(self, batch: list[dict], centroids: np.ndarray):
+        from paircurate.embeddings.index import nearest_clusters
+
+        batch = [k for k in batch if k[R.IMAGE_EMBEDDING] is not None]
+        if not batch:
+            return
+        _, clusters = nearest_clusters(np.stack([k[R.IMAGE_EMBEDDING] for k in batch]), centroids, k=self._nprobe)
+        for key, row in zip(batch, clusters):
+            for cid in row:
+                yield int(cid), (key[R.UID], key[R.IMAGE_EMBEDDING], row)
+
+
+def _cluster_pairs(item, threshold: float):
+    from paircurate.embeddings.index import cluster_pairs
+
+    cid, members = item
+    members = sorted(members, key=lambda m: m[0])  # same order on every runner
+    uids = [m[0] for m in members]
+    return cluster_pairs(cid, uids, np.stack([m[1] for m in members]), np.stack([m[2] for m in members]), threshold)
+
+
+def _train_centroids(sample: list[np.ndarray], count: int, n_clusters: int) -> np.ndarray | None:
+    from paircurate.embeddings.index import default_n_clusters, train_kmeans
+
+    if not sample:
+        return None
+    k = min(n_clusters or default_n_clusters(count), len(sample))
+    return train_kmeans(np.stack(sample), k, seed=0)
+
+
+def _endpoint_info(item):
+    uid, grouped = item
+    if grouped["pairs"] and grouped["info"]:
+        yield uid, grouped["info"][0]
+
+
+def _resolve(_, pairs, infos):
+    scores = {uid: info[0] for uid, info in infos}
+    shards = {uid: info[1] for uid, info in infos}
+    pinned = [uid for uid, info in infos if info[2]]
+    removed = resolve_duplicates(set(pairs), scores, pinned)
+    for uid in sorted(removed):
+        r = removed[uid]
+        yield {R.UID: uid, R.SHARD: shards[uid], R.REASON: r.reason.value, R.DUPLICATE_OF: r.duplicate_of, R.SIMILARITY: r.similarity}
+
+
+class FindDuplicates(beam.PTransform):
+    """Kept samples -> removals ``{uid, shard, reason, duplicate_of, similarity}``.
+
+        >>> removals = kept | FindDuplicates(cfg.dedup, semantic=cfg.clip.enabled)
+    """
+
+    def __init__(self, cfg: DedupConfig, semantic: bool, nprobe: int = 2) -> None:
+        super().__init__()
+        self._cfg = cfg
+        self._semantic = semantic and cfg.semantic
+        self._nprobe = nprobe
+
+    def expand(self, samples):
+        cfg = self._cfg
+        keys = samples | "Keys" >> beam.Map(dedup_key)
+        if cfg.dedup_against:
+            reference = keys.pipeline | "EarlierRun" >> beam.Create(read_reference_keys(cfg.dedup_against))
+            keys = (keys, reference) | "WithEarlierRun" >> beam.Flatten()
+        removals = []
+        if cfg.decontaminate_against:
+            split = keys | "Decontaminate" >> beam.ParDo(_DecontaminateFn(cfg.decontaminate_against, cfg.phash_threshold)).with_outputs("removed", main="clean")
+            keys = split.clean
+            removals.append(split.removed)
+
+        pair_sets = []
+        if cfg.exact:
+            pair_sets.append(
+                keys
+                | "ExactKeys" >> beam.FlatMap(_exact_keys)
+                | "GroupExact" >> beam.GroupByKey()
+                | "ExactPairs" >> beam.FlatMap(lambda kv: exact_pairs(kv[1]))
+            )
+        if cfg.perceptual:
+            t = cfg.phash_threshold
+            pair_sets.append(
+                keys
+                | "PhashBands" >> beam.FlatMap(_phash_bucket_keys, t)
+                | "GroupBands" >> beam.GroupByKey()
+                | "PhashPairs" >> beam.FlatMap(lambda kv: pairs_within(list(kv[1]), t, band=kv[0][0]))
+            )
+        if self._semantic:
+            with_emb = keys | "HasEmbedding" >> beam.Filter(lambda k: k[R.IMAGE_EMBEDDING] is not None)
+            count = with_emb | "Count" >> beam.combiners.Count.Globally()
+            # The training sample is the smallest uids: uids are hashes, so this
+            # is a uniform sample, and the same one on every run and runner.
+            centroids = (
+                with_emb
+                | "TrainingSample" >> beam.combiners.Top.Of(KMEANS_TRAINING_POINTS, key=lambda k: k[R.UID], reverse=True)
+                | "Embeddings" >> beam.Map(lambda ks: [k[R.IMAGE_EMBEDDING] for k in ks])
+                | "KMeans" >> beam.Map(_train_centroids, count=beam.pvalue.AsSingleton(count), n_clusters=cfg.semantic_clusters)
+            )
+            pair_sets.append(
+                with_emb
+                | "BatchForAssign" >> beam.BatchElements(min_batch_size=256, max_batch_size=4096)
+                | "AssignClusters" >> beam.ParDo(_AssignClustersFn(self._nprobe), centroids=beam.pvalue.AsSingleton(centroids))
+                | "GroupClusters" >> beam.GroupByKey()
+                | "SemanticPairs" >> beam.FlatMap(_cluster_pairs, cfg.semantic_threshold)
+            )
+        if pair_sets:
+            pairs = pair_sets | "AllPairs" >> beam.Flatten()
+            ends = pairs | "PairEnds" >> beam.FlatMap(lambda p: [(p.a, 1), (p.b, 1)])
+            info = keys | "KeyInfo" >> beam.Map(lambda k: (k[R.UID], (k[R.CLIP_SCORE], k[R.SHARD], k[PINNED])))
+            involved = {"pairs": ends, "info": info} | "JoinEnds" >> beam.CoGroupByKey() | "Involved" >> beam.FlatMap(_endpoint_info)
+            # Components need every edge in one place; edges are uid pairs, a few
+            # bytes per duplicate, not per sample.
+            removals.append(
+                keys.pipeline
+                | "ResolveOnce" >> beam.Create([None])
+                | "Resolve" >> beam.FlatMap(_resolve, pairs=beam.pvalue.AsList(pairs), infos=beam.pvalue.AsList(involved))
+            )
+        if not removals:
+            return keys.pipeline | "NoRemovals" >> beam.Create([])
+        return removals | "AllRemovals" >> beam.Flatten()
