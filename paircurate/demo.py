@@ -51,6 +51,16 @@ def build_demo_input(server: LoopbackServer, out_path: str, num_pairs: int, seed
         else:
             add("ok", server.url(path), sample.caption)
 
+    # Copies of the web: the same file elsewhere, re-encoded, resized.
+    original = make_samples(1, seed=seed + 2, size=288)[0]
+    variants = {"/copies/original.jpg": (original.image, 92), "/copies/mirror.jpg": (original.image, 92),
+                "/copies/reencoded.jpg": (original.image, 55), "/copies/resized.jpg": (original.image.resize((200, 200)), 92)}
+    for path, (image, quality) in variants.items():
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=quality)
+        server.add(path, buf.getvalue(), content_type="image/jpeg")
+        add("copy" if path != "/copies/original.jpg" else "ok", server.url(path), original.caption)
+
     # The web's usual breakage, a few of each.
     for i in range(4):
         add("http_404", server.url(f"/fault/404?i={i}"), "a photo that is gone")
