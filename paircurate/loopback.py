@@ -6,6 +6,9 @@
     ...     flaky = server.url("/fault/flaky/2/a") # 500, 500, then a PNG
     ...     ...
     ...     server.hits("/fault/flaky/2/a")        # requests seen for that path
+    ...     server.max_in_flight("127.0.0.1")      # most requests for that Host at once
+
+``LoopbackServer("::1")`` listens on IPv6 loopback instead.
 
 Used by the tests, ``paircurate demo`` and the benchmarks, so it runs in a
 thread of the calling process (no subprocess) and stops quickly even while a
@@ -31,11 +34,19 @@ interval=0.01]
 ``/fault/redirect-chain/<n>``          n hops of 302, then a PNG
 ``/fault/429`` [retry_after, id,       the first request per ``id``: that status with Retry-After
 status=429]                            (omitted when not given); later ones: a PNG
+``/fault/noai`` [tag=noai]             a PNG with ``X-Robots-Tag: <tag>`` (e.g. ``otherbot: noai``)
+``/fault/bomb`` [side=30000]           a real decompression bomb: a valid black RGB PNG of side x side
+                                       pixels (2.7 GB decoded at 30000, about 2.6 MB sent)
+``/same/<anything>``                   the same PNG under any number of URLs
 =====================================  =============================================================
+
+Static routes take a status too: ``server.add("/robots.txt", b"User-agent: *\nDisallow: /x/\n",
+"text/plain")`` or ``server.add("/robots.txt", b"down", "text/plain", status=503)``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import socketserver
@@ -49,7 +60,7 @@ from urllib.parse import parse_qs, urlsplit
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoopbackServer", "RecordedRequest", "tiny_png", "FAULT_IMAGE"]
+__all__ = ["LoopbackServer", "RecordedRequest", "tiny_png", "png_bomb", "FAULT_IMAGE"]
 
 
 def tiny_png(width: int = 8, height: int = 8, rgb: tuple[int, int, int] = (200, 40, 40)) -> bytes:
@@ -70,6 +81,35 @@ def tiny_png(width: int = 8, height: int = 8, rgb: tuple[int, int, int] = (200, 
 
 FAULT_IMAGE = tiny_png()
 """The body fault routes serve once they stop misbehaving."""
+
+
+@functools.lru_cache(maxsize=4)
+def png_bomb(side: int = 30000) -> bytes:
+    """A valid black RGB PNG of ``side`` x ``side`` pixels, tiny on the wire.
+
+    Every decoded byte (filter bytes included) is zero, so the IDAT stream is
+    one deflated piece of zeros repeated: after a full flush zlib forgets its
+    history and compresses the same input to the same bytes, and the Adler-32
+    of n zeros is known in closed form. At 30000 it decodes to 2.7 GB from
+    about 2.6 MB, and is built in milliseconds.
+    """
+    row_bytes = 1 + 3 * side
+    piece_rows = max(1, (1 << 20) // row_bytes)
+    pieces, rest = divmod(side, piece_rows)
+    piece = bytes(row_bytes * piece_rows)
+    comp = zlib.compressobj(9)
+    first = comp.compress(piece) + comp.flush(zlib.Z_FULL_FLUSH)  # carries the zlib header
+    repeat = comp.compress(piece) + comp.flush(zlib.Z_FULL_FLUSH)
+    tail = comp.compress(bytes(row_bytes * rest)) + comp.flush(zlib.Z_FINISH)
+    adler = ((row_bytes * side) % 65521) << 16 | 1  # a = 1, b = n (mod 65521) for n zero bytes
+    idat = first + repeat * (pieces - 1) + tail[:-4] + struct.pack(">I", adler)
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
 
 _DRIP_DECLARED = 1_000_000
 _PARTIAL_DECLARED = 100_000
@@ -92,6 +132,7 @@ class _Route:
     body: bytes
     content_type: str | None
     headers: dict[str, str]
+    status: int = 200
 
 
 class _Server(ThreadingHTTPServer):
@@ -103,6 +144,7 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, owner: "LoopbackServer", address: tuple[str, int]) -> None:
         self.owner = owner
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
 
     def server_bind(self) -> None:
@@ -143,18 +185,37 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         parts = urlsplit(self.path)
         owner._record(RecordedRequest("GET", self.path, parts.path, dict(self.headers.items())))
+        self._working_on = _host_name(self.headers.get("Host", ""))
+        owner._begin_work(self._working_on)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         try:
             route = owner._routes.get(parts.path)
             if route is not None:
-                self._send(200, route.body, route.content_type, route.headers)
+                self._send(route.status, route.body, route.content_type, route.headers)
             elif parts.path.startswith("/fault/"):
                 self._fault(parts.path[len("/fault/") :], query)
+            elif parts.path.startswith("/same/"):
+                self._send(200, FAULT_IMAGE, "image/png")
             else:
                 self._send(404, b"no such route\n", "text/plain")
         except (ConnectionError, socket.timeout, OSError):
             # The client went away (often on purpose); this connection is done.
             self.close_connection = True
+        finally:
+            self._end_work()
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        # A request stops counting as in flight when its response starts: the
+        # client cannot have finished reading it (and sent its next request)
+        # before then, so max_in_flight never counts one client twice.
+        self._end_work()
+        super().send_response(code, message)
+
+    def _end_work(self) -> None:
+        host = getattr(self, "_working_on", None)
+        if host is not None:
+            self._working_on = None
+            self.server.owner._end_work(host)
 
     # -- responses -------------------------------------------------------
 
@@ -247,6 +308,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._redirect(f"/fault/redirect-chain/{hops - 1}")
             else:
                 self._send(200, FAULT_IMAGE, "image/png")
+        elif name == "noai":
+            self._send(200, FAULT_IMAGE, "image/png", {"X-Robots-Tag": q.get("tag", "noai")})
+        elif name == "bomb":
+            self._send(200, png_bomb(int(q.get("side", "30000"))), "image/png")
         elif name == "429":
             status = int(q.get("status", "429"))
             if owner._bump(("429", q.get("id", ""))) == 1:
@@ -291,8 +356,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.close()
 
 
+def _host_name(host_header: str) -> str:
+    """``127.0.0.1:8000`` -> ``127.0.0.1``; ``[::1]:8000`` -> ``::1``."""
+    if host_header.startswith("["):
+        return host_header[1:].partition("]")[0].lower()
+    return host_header.rpartition(":")[0].lower() if ":" in host_header else host_header.lower()
+
+
 class LoopbackServer:
-    """A threaded HTTP/1.1 server on 127.0.0.1; see the module docstring for routes."""
+    """A threaded HTTP/1.1 server on 127.0.0.1 (or ``::1``); see the module docstring for routes."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._address = (host, port)
@@ -304,6 +376,8 @@ class LoopbackServer:
         self._handlers: set[_Handler] = set()
         self._handler_threads: set[threading.Thread] = set()
         self._connections = 0
+        self._in_flight: dict[str, int] = {}
+        self._max_in_flight: dict[str, int] = {}
         self._stopping = threading.Event()
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -366,7 +440,8 @@ class LoopbackServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self._address[0]}:{self.port}"
+        host = self._address[0]
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
     def url(self, path: str) -> str:
         return self.base_url + (path if path.startswith("/") else "/" + path)
@@ -374,13 +449,18 @@ class LoopbackServer:
     # -- content and inspection --------------------------------------------
 
     def add(
-        self, path: str, body: bytes, content_type: str | None = "image/jpeg", headers: dict[str, str] | None = None
+        self,
+        path: str,
+        body: bytes,
+        content_type: str | None = "image/jpeg",
+        headers: dict[str, str] | None = None,
+        status: int = 200,
     ) -> str:
-        """Serve ``body`` at ``path`` (200); ``content_type=None`` sends no Content-Type. Returns the URL path."""
+        """Serve ``body`` at ``path`` with ``status``; ``content_type=None`` sends no Content-Type. Returns the URL path."""
         if not path.startswith("/"):
             path = "/" + path
         with self._lock:
-            self._routes[path] = _Route(bytes(body), content_type, dict(headers or {}))
+            self._routes[path] = _Route(bytes(body), content_type, dict(headers or {}), status)
         return path
 
     def hits(self, path: str) -> int:
@@ -392,6 +472,13 @@ class LoopbackServer:
         """Requests received (method, target, headers), oldest first; optionally for one path."""
         with self._lock:
             return [r for r in self._requests if path is None or r.path == path or r.target == path]
+
+    def max_in_flight(self, host: str | None = None) -> int:
+        """Most requests in flight at once (from arrival until the response starts), for one Host name or all."""
+        with self._lock:
+            if host is None:
+                return self._max_in_flight.get("", 0)
+            return self._max_in_flight.get(host.lower().strip("[]"), 0)
 
     @property
     def connections(self) -> int:
@@ -424,6 +511,17 @@ class LoopbackServer:
             self._hits[request.path] = self._hits.get(request.path, 0) + 1
             if request.target != request.path:
                 self._hits[request.target] = self._hits.get(request.target, 0) + 1
+
+    def _begin_work(self, host: str) -> None:
+        with self._lock:
+            for key in (host, ""):  # "" counts all hosts together
+                self._in_flight[key] = now = self._in_flight.get(key, 0) + 1
+                self._max_in_flight[key] = max(self._max_in_flight.get(key, 0), now)
+
+    def _end_work(self, host: str) -> None:
+        with self._lock:
+            for key in (host, ""):
+                self._in_flight[key] -= 1
 
     def _bump(self, key: tuple[str, str]) -> int:
         with self._lock:

@@ -1,9 +1,9 @@
 """Fetch one image URL over HTTP with bounded time, size and retries.
 
     cfg = DownloadConfig(deadline=10.0, retries=2)
-    pool = make_pool(cfg)          # one per worker, shared by its threads
+    ctx = make_pool(cfg)           # a FetchContext: one per worker, shared by its threads
     try:
-        result = download_image("http://127.0.0.1:8000/cat.jpg", cfg, pool)
+        result = download_image("https://images.example.com/cat.jpg", cfg, ctx)
         result.data, result.status, result.attempts   # b'\xff\xd8...', 200, 1
     except RejectError as err:
         err.reason, err.detail     # Reason.HTTP_404, 'HTTP 404 Not Found'
@@ -19,6 +19,26 @@ Semantics worth knowing:
 * ``attempts`` in the result counts tries of the request (1 + retries used);
   redirect hops are not attempts. The retry budget ``cfg.retries`` is shared by
   the whole redirect chain, and a retry repeats the current hop, not the chain.
+
+Politeness and safety (``make_pool`` returns a ``FetchContext`` holding them,
+shared by every thread of the worker process):
+
+* Per host, at most ``per_domain_concurrency`` requests in flight and, with
+  ``per_domain_rps > 0``, starts at least ``1 / per_domain_rps`` s apart. Waiting
+  for a turn counts against the deadline; a wait that cannot fit gives ``timeout``.
+* ``Retry-After`` on 429/503 (seconds or HTTP date) is waited for when it is at
+  most ``retry_after_max`` and fits the deadline, and pauses that host for every
+  thread; a longer one gives up (``http_429``/``http_5xx``) instead of coming
+  back early. Other retryable failures back off exponentially with jitter.
+* ``X-Robots-Tag`` directives in ``opt_out_tags`` (unscoped, or scoped to
+  ``robots_user_agent``) give ``opted_out`` from the headers, before the body.
+  With ``respect_robots_txt`` each origin's robots.txt is fetched once per
+  worker (a 4xx means no rules; 5xx or no answer means nothing is fetched
+  there, RFC 9309) and a disallowed URL gives ``opted_out``, detail "robots.txt ...".
+* Unless ``allow_private_network``, every connection (first URL and every
+  redirect hop) resolves the host once, refuses loopback, private, link-local,
+  multicast, reserved and unspecified addresses (``blocked_address``) and
+  connects to the very address it checked; TLS SNI and Host stay the hostname.
 """
 
 from __future__ import annotations
@@ -28,29 +48,43 @@ import http.client
 import logging
 import random
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from datetime import timezone
 from urllib.parse import urldefrag, urljoin
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
     ConnectTimeoutError,
     DecodeError,
     HTTPError,
+    LocationParseError,
     LocationValueError,
+    NameResolutionError,
     NewConnectionError,
     ProtocolError,
     ReadTimeoutError,
 )
 from urllib3.util import parse_url
+from urllib3.util.connection import create_connection
 
 from paircurate.config import DownloadConfig
 from paircurate.filters.decision import Reason, RejectError
+from paircurate.pipeline.politeness import (
+    HostLimiter,
+    RobotsCache,
+    allow_all_robots,
+    blocked_address_reason,
+    opt_out_matches,
+    parse_robots_txt,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FetchResult", "download_image", "make_pool", "parse_retry_after", "REDIRECT_STATUSES"]
+__all__ = ["FetchContext", "FetchResult", "download_image", "make_pool", "parse_retry_after", "REDIRECT_STATUSES"]
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _OCTET_STREAM_TYPES = frozenset({"application/octet-stream", "binary/octet-stream"})
@@ -66,6 +100,14 @@ _DRAIN_LIMIT = 64 * 1024
 # Socket timeouts fire a little early or late; within this of the deadline a
 # timeout is the deadline's doing.
 _DEADLINE_SLACK = 0.05
+# RFC 9309 asks parsers to read at least 500 KiB of a robots.txt; beyond this
+# much the rest is ignored rather than the file refused.
+_ROBOTS_MAX_BYTES = 512 * 1024
+# robots.txt answers that mean "this host has no rules" (RFC 9309 2.3.1.3 and
+# 2.3.1.2: a 4xx, or more redirects than we follow), as opposed to "could not ask".
+_ROBOTS_ABSENT = frozenset(
+    {Reason.HTTP_404, Reason.HTTP_4XX, Reason.TOO_MANY_REDIRECTS, Reason.REDIRECT_LOOP, Reason.INVALID_URL}
+)
 
 
 @dataclass(frozen=True)
@@ -101,7 +143,48 @@ class _Redirect:
     status: int
 
 
-def make_pool(cfg: DownloadConfig) -> urllib3.PoolManager:
+@dataclass(frozen=True)
+class _Purpose:
+    """What a request is for: an image (checked as one) or a robots.txt (read leniently)."""
+
+    accept: str
+    image: bool  # Content-Type, X-Robots-Tag and robots.txt checks apply
+    max_bytes: int | None = None  # None: cfg.max_bytes
+    truncate: bool = False  # past max_bytes keep the prefix instead of rejecting
+
+
+_IMAGE = _Purpose(accept="image/*", image=True)
+_ROBOTS = _Purpose(accept="text/plain, */*;q=0.1", image=False, max_bytes=_ROBOTS_MAX_BYTES, truncate=True)
+
+
+class FetchContext:
+    """What the download threads of one worker process share: connections, per-host limits, robots.txt rules.
+
+        ctx = make_pool(cfg)                 # in DoFn.setup, once per process
+        download_image(url, cfg, ctx)        # from any number of threads
+        ctx.clear()                          # in DoFn.teardown
+
+    The per-host limits and the private-address guard follow the config the
+    context was made with.
+    """
+
+    def __init__(self, cfg: DownloadConfig) -> None:
+        self.allow_private_network = cfg.allow_private_network
+        self.pool = _pool_manager(cfg)
+        self.limiter = HostLimiter(cfg.per_domain_concurrency, cfg.per_domain_rps)
+        self.robots = RobotsCache()
+
+    def clear(self) -> None:
+        """Close pooled connections; limits and cached robots.txt rules stay."""
+        self.pool.clear()
+
+
+def make_pool(cfg: DownloadConfig) -> FetchContext:
+    """The ``FetchContext`` for ``cfg.threads`` concurrent downloads (keep-alive pool, host limits, robots cache)."""
+    return FetchContext(cfg)
+
+
+def _pool_manager(cfg: DownloadConfig) -> urllib3.PoolManager:
     """A keep-alive connection pool for ``cfg.threads`` concurrent downloads.
 
     Retries and redirects are off: ``download_image`` does both itself so they
@@ -113,7 +196,7 @@ def make_pool(cfg: DownloadConfig) -> urllib3.PoolManager:
         # can stall ~40 ms. See shared/HINTS.md.
         (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
     ]
-    return urllib3.PoolManager(
+    manager = urllib3.PoolManager(
         # One pool per host; a crawl touches many hosts, and an evicted pool
         # only costs a reconnect, so keep a few per thread.
         num_pools=max(10, 2 * cfg.threads),
@@ -126,42 +209,59 @@ def make_pool(cfg: DownloadConfig) -> urllib3.PoolManager:
         timeout=urllib3.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout),
         socket_options=socket_options,
     )
+    if not cfg.allow_private_network:
+        # The check has to sit where the socket is opened: a separate lookup
+        # before the request could get a different answer (DNS rebinding),
+        # and redirect hops open their connections here too.
+        manager.pool_classes_by_scheme = {"http": _GuardedHTTPConnectionPool, "https": _GuardedHTTPSConnectionPool}
+    return manager
 
 
-def download_image(url: str, cfg: DownloadConfig, pool: urllib3.PoolManager) -> FetchResult:
-    """Download ``url`` or raise ``RejectError`` with the reason it failed."""
+def download_image(url: str, cfg: DownloadConfig, ctx: FetchContext) -> FetchResult:
+    """Download ``url`` or raise ``RejectError`` with the reason it failed.
+
+    ``ctx`` is ``make_pool(cfg)``, shared by all download threads of the process.
+    """
+    if not isinstance(ctx, FetchContext):
+        raise TypeError(f"download_image needs the FetchContext from make_pool(cfg), got {type(ctx).__name__}")
+    if ctx.allow_private_network and not cfg.allow_private_network:
+        # Connections are pooled per host and checked when opened, so the
+        # guard cannot be switched on for one call on an unguarded context.
+        raise ValueError(
+            "cfg.allow_private_network is False but the FetchContext was made with it True; "
+            "make the context with make_pool(cfg) from the same config"
+        )
     started = time.monotonic()
-    deadline_at = started + cfg.deadline
+    return _fetch(url, cfg, ctx, _IMAGE, started, started + cfg.deadline)
+
+
+def _fetch(
+    url: str, cfg: DownloadConfig, ctx: FetchContext, purpose: _Purpose, started: float, deadline_at: float
+) -> FetchResult:
+    """Follow redirects and retry ``url`` until a body, a final failure or ``deadline_at``."""
     _check_scheme(url, url, redirected=False)
+    check_robots = purpose.image and cfg.respect_robots_txt
 
     current = url
     seen = {_loop_key(url)}
     redirects = 0
     failures = 0
+    robots_done = not check_robots
     while True:
+        host = _host_key(current)
+        if not robots_done:
+            _check_robots(current, cfg, ctx, deadline_at)
+            robots_done = True
         try:
-            outcome = _attempt(current, url, cfg, pool, deadline_at)
+            with ctx.limiter.slot(host, deadline_at):
+                outcome = _attempt(current, url, cfg, ctx.pool, deadline_at, purpose)
         except _RetryableError as err:
             failures += 1
-            if failures > cfg.retries:
-                raise RejectError(err.reason, f"{err.detail} (gave up after {failures} attempt(s))") from None
-            left = deadline_at - time.monotonic()
-            if err.retry_after is not None and err.retry_after >= left:
-                # Coming back sooner than asked would only earn another 429.
-                raise RejectError(
-                    err.reason,
-                    f"{err.detail} (gave up after {failures} attempt(s): Retry-After {err.retry_after:.2f}s "
-                    f"does not fit the {cfg.deadline:g}s deadline, {max(left, 0):.2f}s left)",
-                ) from None
-            delay = _retry_delay(err, failures - 1, cfg)
-            if delay >= left:
-                raise RejectError(
-                    err.reason,
-                    f"{err.detail} (gave up after {failures} attempt(s): a retry in {delay:.2f}s "
-                    f"would not fit the {cfg.deadline:g}s deadline, {max(left, 0):.2f}s left)",
-                ) from None
-            log.debug("retrying %s in %.2fs after %s", current, delay, err)
-            time.sleep(delay)
+            if err.retry_after is not None:
+                # The host asked every client for quiet, not just this URL:
+                # hold back the other threads too, even if this one gives up.
+                ctx.limiter.pause(host, min(err.retry_after, cfg.retry_after_max), err.reason)
+            _wait_for_retry(err, failures, cfg, deadline_at, current)
             continue
 
         if isinstance(outcome, _Body):
@@ -190,6 +290,67 @@ def download_image(url: str, cfg: DownloadConfig, pool: urllib3.PoolManager) -> 
             )
         seen.add(key)
         current = target
+        robots_done = not check_robots
+
+
+def _wait_for_retry(err: _RetryableError, failures: int, cfg: DownloadConfig, deadline_at: float, current: str) -> None:
+    """Sleep before the next attempt, or raise the final ``RejectError`` when there is none."""
+    if failures > cfg.retries:
+        raise RejectError(err.reason, f"{err.detail} (gave up after {failures} attempt(s))")
+    left = deadline_at - time.monotonic()
+    if err.retry_after is not None:
+        # Coming back sooner than asked would only earn another 429, and be rude.
+        if err.retry_after > cfg.retry_after_max:
+            raise RejectError(
+                err.reason,
+                f"{err.detail} (gave up after {failures} attempt(s): Retry-After {err.retry_after:.2f}s "
+                f"is longer than retry_after_max {cfg.retry_after_max:g}s)",
+            )
+        if err.retry_after >= left:
+            raise RejectError(
+                err.reason,
+                f"{err.detail} (gave up after {failures} attempt(s): Retry-After {err.retry_after:.2f}s "
+                f"does not fit the {cfg.deadline:g}s deadline, {max(left, 0):.2f}s left)",
+            )
+    delay = _retry_delay(err, failures - 1, cfg, left)
+    if delay >= left:
+        raise RejectError(
+            err.reason,
+            f"{err.detail} (gave up after {failures} attempt(s): a retry in {delay:.2f}s "
+            f"would not fit the {cfg.deadline:g}s deadline, {max(left, 0):.2f}s left)",
+        )
+    log.debug("retrying %s in %.2fs after %s", current, delay, err)
+    time.sleep(delay)
+
+
+def _check_robots(url: str, cfg: DownloadConfig, ctx: FetchContext, deadline_at: float) -> None:
+    """Raise ``opted_out`` if the origin's robots.txt disallows ``url`` for ``cfg.robots_user_agent``."""
+    parsed = parse_url(url)
+    scheme = (parsed.scheme or "http").lower()
+    port = parsed.port or (443 if scheme == "https" else 80)
+    origin = f"{scheme}://{_host_key(url)}:{port}"
+    robots_url = f"{scheme}://{parsed.netloc}/robots.txt"
+
+    def load():
+        try:
+            got = _fetch(robots_url, cfg, ctx, _ROBOTS, time.monotonic(), deadline_at)
+        except RejectError as err:
+            if err.reason in _ROBOTS_ABSENT:
+                return allow_all_robots()
+            if err.reason is Reason.BLOCKED_ADDRESS:
+                raise  # the host itself is off limits; robots.txt has nothing to do with it
+            # RFC 9309 2.3.1.4: an unreachable robots.txt means "assume
+            # everything is disallowed"; the reason says what went wrong.
+            raise RejectError(
+                err.reason, f"robots.txt {robots_url} could not be read, so {origin} is not crawled: {err.detail}"
+            ) from None
+        return parse_robots_txt(got.data)
+
+    rules = ctx.robots.get(origin, deadline_at, load)
+    if not rules.can_fetch(cfg.robots_user_agent, url):
+        raise RejectError(
+            Reason.OPTED_OUT, f"robots.txt {robots_url} disallows {url} for user agent {cfg.robots_user_agent!r}"
+        )
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -225,7 +386,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def _attempt(
-    url: str, original: str, cfg: DownloadConfig, pool: urllib3.PoolManager, deadline_at: float
+    url: str, original: str, cfg: DownloadConfig, pool: urllib3.PoolManager, deadline_at: float, purpose: _Purpose
 ) -> _Body | _Redirect:
     """One request to ``url``: a body, a redirect to follow, or a RejectError."""
     where = "" if url == original else f" at {url}"
@@ -237,7 +398,7 @@ def _attempt(
         connect=min(cfg.connect_timeout, left),
         read=min(cfg.read_timeout, left),
     )
-    headers = {"User-Agent": cfg.user_agent, "Accept": "image/*"}
+    headers = {"User-Agent": cfg.user_agent, "Accept": purpose.accept}
     try:
         resp = pool.urlopen(
             "GET",
@@ -249,6 +410,9 @@ def _attempt(
             preload_content=False,
             decode_content=True,
         )
+    except RejectError as err:
+        # The address guard refused the connection (see _connect_checked).
+        raise RejectError(err.reason, f"{err.detail}{where}") from None
     except Exception as exc:  # noqa: BLE001 - classified, never swallowed
         raise _classify(exc, where, deadline_at, cfg) from exc
 
@@ -284,19 +448,29 @@ def _attempt(
             raise RejectError(Reason.INVALID_URL, f"{status_line} cannot be followed{where}")
 
         content_type = resp.headers.get("Content-Type") or None
-        if content_type is not None and not _is_image_type(content_type):
-            raise RejectError(Reason.NOT_AN_IMAGE, f"Content-Type {content_type!r}{where}")
+        if purpose.image:
+            robots_tags = resp.headers.getlist("X-Robots-Tag")
+            opted_out = opt_out_matches(robots_tags, cfg.opt_out_tags, cfg.robots_user_agent)
+            if opted_out:
+                # Decided on headers alone, and not even drained for keep-alive:
+                # no byte of an opted-out image is read.
+                raise RejectError(
+                    Reason.OPTED_OUT, f"X-Robots-Tag {'; '.join(robots_tags)!r} sets {', '.join(opted_out)}{where}"
+                )
+            if content_type is not None and not _is_image_type(content_type):
+                raise RejectError(Reason.NOT_AN_IMAGE, f"Content-Type {content_type!r}{where}")
 
+        limit = purpose.max_bytes or cfg.max_bytes
         declared = _declared_length(resp)
-        if declared is not None and declared > cfg.max_bytes:
+        if declared is not None and declared > limit and not purpose.truncate:
             raise RejectError(
-                Reason.TOO_LARGE, f"Content-Length {declared} > max_bytes {cfg.max_bytes}{where}"
+                Reason.TOO_LARGE, f"Content-Length {declared} > max_bytes {limit}{where}"
             )
 
-        data = _read_body(resp, cfg.max_bytes, deadline_at, cfg, declared, where)
-        if declared is not None and resp.tell() < declared:
+        data, complete = _read_body(resp, limit, deadline_at, cfg, declared, where, truncate=purpose.truncate)
+        if complete and declared is not None and resp.tell() < declared:
             raise RejectError(Reason.TRUNCATED, f"got {resp.tell()} of {declared} bytes (Content-Length){where}")
-        clean = True
+        clean = complete
         return _Body(data=data, status=status, content_type=content_type)
     except RejectError:
         raise
@@ -317,8 +491,14 @@ def _read_body(
     cfg: DownloadConfig,
     declared: int | None,
     where: str,
-) -> bytes:
-    """Read the body piecewise, stopping at ``limit`` bytes or the deadline."""
+    *,
+    truncate: bool = False,
+) -> tuple[bytes, bool]:
+    """Read the body piecewise, stopping at ``limit`` bytes or the deadline.
+
+    Returns the bytes and whether the body was read to its end; past ``limit``
+    that is ``(first limit bytes, False)`` with ``truncate``, else ``too_large``.
+    """
     buf = bytearray()
 
     def past_deadline() -> RejectError:
@@ -342,8 +522,10 @@ def _read_body(
                 raise past_deadline() from None
             raise
         if not chunk:
-            return bytes(buf)
+            return bytes(buf), True
         buf += chunk
+        if len(buf) > limit and truncate:
+            return bytes(buf[:limit]), False
         if len(buf) > limit:
             raise RejectError(
                 Reason.TOO_LARGE,
@@ -412,9 +594,17 @@ def _loop_key(url: str) -> str:
     return urldefrag(url)[0]
 
 
-def _retry_delay(err: _RetryableError, retry_index: int, cfg: DownloadConfig) -> float:
+def _host_key(url: str) -> str:
+    # Per-host limits must not be dodged by case or a trailing dot.
+    return (parse_url(url).host or "").lower().rstrip(".")
+
+
+def _retry_delay(err: _RetryableError, retry_index: int, cfg: DownloadConfig, left: float) -> float:
     if err.retry_after is not None:
-        return min(err.retry_after, cfg.backoff_max)
+        # Threads told "come back in 5 s" at the same moment would all come
+        # back together; spread them a little, never earlier than asked.
+        spread = min(0.1 * err.retry_after, 1.0, (left - err.retry_after) / 2)
+        return err.retry_after + random.uniform(0, max(spread, 0.0))
     base = cfg.backoff_base * 2**retry_index
     # "Equal jitter": at least half the backoff, so a stampede of threads
     # retrying one host spreads out without retrying immediately.
@@ -461,3 +651,82 @@ def _classify_exception(exc: Exception, where: str) -> RejectError:
         return _RetryableError(Reason.CONNECTION_ERROR, detail)
     return RejectError(Reason.INTERNAL_ERROR, detail)
 
+
+
+# -- the private-address guard -------------------------------------------------------
+
+
+def _connect_checked(conn: HTTPConnection) -> socket.socket:
+    """Resolve ``conn``'s host once, drop refused addresses, connect to one that passed.
+
+    Used in place of urllib3's ``_new_conn`` so the address checked is the
+    address connected to. Raises ``RejectError(blocked_address)`` when every
+    address is refused, and urllib3's own exceptions for everything else.
+    """
+    host = conn._dns_host  # noqa: SLF001 - urllib3's unbracketed, dot-stripped host
+    try:
+        infos = socket.getaddrinfo(host, conn.port, socket.AF_UNSPEC, socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise NameResolutionError(conn.host, conn, exc) from exc
+    except UnicodeError:
+        raise LocationParseError(f"{host!r}, label empty or too long") from None
+
+    timeout = conn.timeout
+    # The connect timeout bounds the whole connect, however many addresses
+    # the name has, as a deadline-derived timeout must.
+    budget_at = time.monotonic() + timeout if isinstance(timeout, (int, float)) else None
+    refused: list[str] = []
+    error: OSError | None = None
+    for _family, _type, _proto, _name, sockaddr in infos:
+        address = sockaddr[0]
+        why = blocked_address_reason(address)
+        if why is not None:
+            refused.append(f"{address} ({why})")
+            continue
+        remaining = timeout if budget_at is None else budget_at - time.monotonic()
+        if budget_at is not None and remaining <= 0:
+            error = socket.timeout("connect timeout spent on earlier addresses")
+            break
+        try:
+            # A numeric address: create_connection's own lookup cannot answer
+            # differently from the one just checked.
+            sock = create_connection(
+                (address, sockaddr[1]),
+                remaining,
+                source_address=conn.source_address,
+                socket_options=conn.socket_options,
+            )
+        except OSError as exc:
+            error = exc
+            continue
+        sys.audit("http.client.connect", conn, conn.host, conn.port)
+        return sock
+
+    if error is None:
+        raise RejectError(
+            Reason.BLOCKED_ADDRESS,
+            f"refused to connect to {conn.host}: {', '.join(refused)} (allow_private_network is off)",
+        )
+    if isinstance(error, socket.timeout):
+        raise ConnectTimeoutError(conn, f"Connection to {conn.host} timed out. (connect timeout={timeout})") from error
+    raise NewConnectionError(conn, f"Failed to establish a new connection: {error}") from error
+
+
+class _GuardedHTTPConnection(HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        return _connect_checked(self)
+
+
+class _GuardedHTTPSConnection(HTTPSConnection):
+    # connect() wraps this socket in TLS with server_hostname = self.host, so
+    # SNI and certificate checks still use the name, not the address.
+    def _new_conn(self) -> socket.socket:
+        return _connect_checked(self)
+
+
+class _GuardedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _GuardedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection

@@ -29,6 +29,8 @@ FAST = DownloadConfig(
     max_bytes=1_000_000,
     max_redirects=3,
     user_agent="paircurate-test/1.0",
+    # Every server here is on 127.0.0.1, which the address guard refuses by default.
+    allow_private_network=True,
 )
 
 
@@ -160,13 +162,25 @@ def test_429_retry_after_seconds_is_honoured(loopback_server, pool):
     assert elapsed < 2.0
 
 
-def test_503_retry_after_is_capped_by_backoff_max(loopback_server, pool):
+def test_503_retry_after_is_not_cut_short_by_backoff_max(loopback_server, pool):
+    # backoff_max is for our own backoff; a server's Retry-After is honoured in full.
     started = time.monotonic()
     result = download_image(
-        loopback_server.url("/fault/429?status=503&retry_after=3&id=c"), cfg(retries=1, backoff_max=0.3), pool
+        loopback_server.url("/fault/429?status=503&retry_after=1&id=c"), cfg(retries=1, backoff_max=0.3), pool
     )
     assert result.attempts == 2
-    assert 0.3 <= time.monotonic() - started < 1.5
+    assert 1.0 <= time.monotonic() - started < 2.0
+
+
+def test_retry_after_longer_than_retry_after_max_gives_up(loopback_server, pool):
+    # Retrying sooner than asked would only earn another 503: give up at once.
+    err, elapsed = reject(
+        loopback_server.url("/fault/429?status=503&retry_after=3&id=d"), cfg(retries=1, retry_after_max=0.5), pool
+    )
+    assert err.reason is Reason.HTTP_5XX
+    assert "retry_after_max" in err.detail
+    assert loopback_server.hits("/fault/429") == 1
+    assert elapsed < 0.5
 
 
 def test_parse_retry_after():
