@@ -29,8 +29,9 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from paircurate.config import DedupConfig
+from paircurate.config import DedupConfig, ImageConfig
 from paircurate.filters.decision import Reason
+from paircurate.filters.image import prepare_image
 from paircurate.filters.duplicates import PhashIndex, exact_pairs, pairs_within, phash, phash_bands, resolve_duplicates
 from paircurate.schemas import records as R
 from paircurate.schemas.identity import normalize_url
@@ -77,8 +78,11 @@ def read_reference_keys(out_dir: str) -> list[dict]:
     return keys
 
 
-def load_eval_hashes(source: str) -> list[tuple[str, str, str]]:
+def load_eval_hashes(source: str, image_cfg: ImageConfig) -> list[tuple[str, str, str]]:
     """(eval id, sha256, pHash) of an evaluation set: a folder of images or a Parquet file.
+
+    Evaluation images go through the same preparation (resize mode, size) as
+    the crawled ones before hashing, so both hashes see the same framing.
 
     A Parquet file needs an ``id`` (or ``uid``) column and either ``phash`` /
     ``sha256`` columns or an ``image`` column of encoded bytes.
@@ -89,7 +93,7 @@ def load_eval_hashes(source: str) -> list[tuple[str, str, str]]:
             if path.lower().endswith(_IMAGE_SUFFIXES):
                 with open(path, "rb") as fh:
                     data = fh.read()
-                items.append((os.path.relpath(path, source), *_hashes_of(data, path)))
+                items.append((os.path.relpath(path, source), *_hashes_of(data, path, image_cfg)))
     else:
         table = pq.read_table(source)
         names = table.column_names
@@ -98,7 +102,7 @@ def load_eval_hashes(source: str) -> list[tuple[str, str, str]]:
             raise ValueError(f"--decontaminate-against {source}: needs an 'id' or 'uid' column (has {names})")
         for row in table.to_pylist():
             if "image" in names and row.get("image") is not None:
-                items.append((str(row[id_col]), *_hashes_of(row["image"], f"{source} id {row[id_col]}")))
+                items.append((str(row[id_col]), *_hashes_of(row["image"], f"{source} id {row[id_col]}", image_cfg)))
             else:
                 items.append((str(row[id_col]), row.get("sha256"), row.get("phash")))
     if not items:
@@ -106,10 +110,11 @@ def load_eval_hashes(source: str) -> list[tuple[str, str, str]]:
     return items
 
 
-def _hashes_of(data: bytes, where: str) -> tuple[str, str | None]:
+def _hashes_of(data: bytes, where: str, image_cfg: ImageConfig) -> tuple[str, str | None]:
     sha = hashlib.sha256(data).hexdigest()
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        prepared = prepare_image(data, image_cfg)
+        with Image.open(io.BytesIO(prepared.data)) as img:
             return sha, phash(img.convert("RGB"))
     except Exception as exc:  # an unreadable eval image still matches by its bytes
         log.warning("evaluation image %s does not decode (%s); matching it by sha256 only", where, exc)
@@ -119,12 +124,13 @@ def _hashes_of(data: bytes, where: str) -> tuple[str, str | None]:
 class _DecontaminateFn(beam.DoFn):
     """Removes keys that match an evaluation image; passes the rest on."""
 
-    def __init__(self, source: str, threshold: int) -> None:
+    def __init__(self, source: str, threshold: int, image_cfg: ImageConfig) -> None:
         self._source = source
         self._threshold = threshold
+        self._image_cfg = image_cfg
 
     def setup(self) -> None:
-        items = load_eval_hashes(self._source)
+        items = load_eval_hashes(self._source, self._image_cfg)
         self._by_sha = {}
         for eval_id, sha, _ in items:
             if sha:
@@ -218,12 +224,13 @@ def _resolve(_, pairs, infos):
 class FindDuplicates(beam.PTransform):
     """Kept samples -> removals ``{uid, shard, reason, duplicate_of, similarity}``.
 
-        >>> removals = kept | FindDuplicates(cfg.dedup, semantic=cfg.clip.enabled)
+        >>> removals = kept | FindDuplicates(cfg.dedup, cfg.image, semantic=cfg.clip.enabled)
     """
 
-    def __init__(self, cfg: DedupConfig, semantic: bool, nprobe: int = 2) -> None:
+    def __init__(self, cfg: DedupConfig, image_cfg: ImageConfig, semantic: bool, nprobe: int = 2) -> None:
         super().__init__()
         self._cfg = cfg
+        self._image_cfg = image_cfg
         self._semantic = semantic and cfg.semantic
         self._nprobe = nprobe
 
@@ -235,7 +242,7 @@ class FindDuplicates(beam.PTransform):
             keys = (keys, reference) | "WithEarlierRun" >> beam.Flatten()
         removals = []
         if cfg.decontaminate_against:
-            split = keys | "Decontaminate" >> beam.ParDo(_DecontaminateFn(cfg.decontaminate_against, cfg.phash_threshold)).with_outputs("removed", main="clean")
+            split = keys | "Decontaminate" >> beam.ParDo(_DecontaminateFn(cfg.decontaminate_against, cfg.phash_threshold, self._image_cfg)).with_outputs("removed", main="clean")
             keys = split.clean
             removals.append(split.removed)
 

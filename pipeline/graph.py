@@ -46,6 +46,6 @@ def build_graph(
 
     # From here on only small records travel; image bytes wait on disk.
     kept = kept | "SpoolImages" >> SpoolImages(cfg.output.path)
-    removals = kept | "Dedup" >> FindDuplicates(cfg.dedup, semantic=cfg.clip.enabled)
+    removals = kept | "Dedup" >> FindDuplicates(cfg.dedup, cfg.image, semantic=cfg.clip.enabled)
     all_rejected = rejected | "AllRejects" >> beam.Flatten()
     return (kept, all_rejected, removals) | "Write" >> WriteShards(cfg.output.path, cfg.input.save_cols)
