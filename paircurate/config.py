@@ -140,11 +140,13 @@ class DedupConfig:
     semantic: bool = True  # SemDeDup on CLIP image embeddings; needs CLIP on
     semantic_threshold: float = 0.95  # cosine similarity at or above which two images are duplicates
     semantic_clusters: int = 0  # k-means clusters; 0 = about sqrt(n)
+    semantic_nprobe: int = 2  # clusters each record is compared in; 1 = plain SemDeDup (misses border pairs)
     dedup_against: str = ""  # output folder of an earlier run to deduplicate against
     decontaminate_against: str = ""  # folder or Parquet of evaluation images to remove
 
     def __post_init__(self) -> None:
-        _check(0 <= self.phash_threshold <= 64, "dedup.phash_threshold must be in 0..64")
+        _check(0 <= self.phash_threshold <= 63, "dedup.phash_threshold must be in 0..63")
+        _check(self.semantic_nprobe >= 1, "dedup.semantic_nprobe must be >= 1")
         _check(0 < self.semantic_threshold <= 1, "dedup.semantic_threshold must be in (0, 1]")
         _check(self.semantic_clusters >= 0, "dedup.semantic_clusters must be >= 0")
 

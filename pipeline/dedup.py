@@ -227,12 +227,12 @@ class FindDuplicates(beam.PTransform):
         >>> removals = kept | FindDuplicates(cfg.dedup, cfg.image, semantic=cfg.clip.enabled)
     """
 
-    def __init__(self, cfg: DedupConfig, image_cfg: ImageConfig, semantic: bool, nprobe: int = 2) -> None:
+    def __init__(self, cfg: DedupConfig, image_cfg: ImageConfig, semantic: bool) -> None:
         super().__init__()
         self._cfg = cfg
         self._image_cfg = image_cfg
         self._semantic = semantic and cfg.semantic
-        self._nprobe = nprobe
+        self._nprobe = cfg.semantic_nprobe
 
     def expand(self, samples):
         cfg = self._cfg
