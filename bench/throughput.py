@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shutil
 import statistics
@@ -55,14 +56,28 @@ def time_run(url_list: str, out_dir: str, extra: list[str]) -> tuple[float, int]
         "--image-size", "256", "--resize-mode", "center_crop", "--encode-format", "jpg", "--encode-quality", "95",
         "--no-progress", "--allow-private-network", "--per-domain-concurrency", "64", *extra,
     ]
+    # Each run in a fresh child: ru_maxrss of RUSAGE_CHILDREN is then the peak
+    # of the largest process that has ended so far, so run the smallest list first.
     start = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     elapsed = time.perf_counter() - start
-    import json
-
     with open(os.path.join(out_dir, "stats.json")) as fh:
         kept = json.load(fh)["funnel"]["kept"]
     return elapsed, kept
+
+
+def peak_rss_mib(url_list: str, out_dir: str, extra: list[str]) -> float:
+    """Peak RSS of one `paircurate run` process, measured in a fresh interpreter."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    probe = (
+        "import resource, subprocess, sys; "
+        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    cmd = [sys.executable, "-m", "paircurate.cli", "run", url_list, "-o", out_dir, "--image-size", "256", "--no-progress",
+           "--allow-private-network", "--per-domain-concurrency", "64", *extra]
+    out = subprocess.run([sys.executable, "-c", probe, *cmd], check=True, capture_output=True, text=True).stdout
+    return int(out.strip().splitlines()[-1]) / 1024
 
 
 def main() -> None:
@@ -70,6 +85,7 @@ def main() -> None:
     parser.add_argument("--urls", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--rss", type=int, nargs="*", default=[], metavar="N", help="also report peak RSS at these list sizes")
     parser.add_argument("extra", nargs="*", help="extra `paircurate run` arguments (after --)")
     args = parser.parse_args()
 
@@ -82,10 +98,15 @@ def main() -> None:
             elapsed, kept = time_run(url_list, os.path.join(tmp, "out"), args.extra)
             rates.append(kept / elapsed)
             print(f"run {run + 1}: {kept} images in {elapsed:.1f}s = {kept / elapsed:.0f} images/s", flush=True)
-        print(
-            f"paircurate run, {args.urls} URLs, 256 center_crop, extra={args.extra}: "
-            f"images/s min {min(rates):.0f} median {statistics.median(rates):.0f} max {max(rates):.0f}"
-        )
+        if rates:
+            print(
+                f"paircurate run, {args.urls} URLs, 256 center_crop, extra={args.extra}: "
+                f"images/s min {min(rates):.0f} median {statistics.median(rates):.0f} max {max(rates):.0f}"
+            )
+        for n in args.rss:
+            rss_list = os.path.join(tmp, f"urls_{n}.csv")
+            write_url_list(server, photos, n, rss_list)
+            print(f"peak RSS at {n} URLs: {peak_rss_mib(rss_list, os.path.join(tmp, 'rss_out'), args.extra):.0f} MiB", flush=True)
 
 
 if __name__ == "__main__":

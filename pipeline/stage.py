@@ -14,7 +14,7 @@ REJECTED = "rejected"
 METRICS_NAMESPACE = "paircurate"
 
 # Fields copied from an in-flight record into its reject row.
-_REJECT_KEEP_FIELDS = (R.UID, R.URL, R.CAPTION, R.SOURCE_FILE, R.SOURCE_ROW, R.SHARD, R.CLIP_SCORE)
+_REJECT_KEEP_FIELDS = (R.UID, R.URL, R.CAPTION, R.SOURCE_FILE, R.SOURCE_ROW, R.SHARD, R.CLIP_SCORE, R.EXTRA)
 
 
 class StageOutputs(NamedTuple):

@@ -92,7 +92,7 @@ class ShardWriter:
         self._out = out_dir
         self._save_cols = save_cols
         self._sample_schema = R.sample_schema(save_cols)
-        self._reject_schema = R.reject_schema()
+        self._reject_schema = R.reject_schema(save_cols)
 
     def write(self, shard: int, samples: Iterable[dict], rejects: Iterable[dict], removals: Iterable[dict] = ()) -> dict:
         """Write the shard; ``removals`` (from dedup) turn kept samples into reject rows."""

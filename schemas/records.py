@@ -102,8 +102,8 @@ def sample_schema(save_cols: Sequence[str] = ()) -> pa.Schema:
     return _with_version(pa.schema(fields))
 
 
-def reject_schema() -> pa.Schema:
-    """One rejected input row, whatever the stage that rejected it."""
+def reject_schema(save_cols: Sequence[str] = ()) -> pa.Schema:
+    """One rejected input row, whatever the stage that rejected it (plus the --save-cols)."""
     fields = PAIR_FIELDS + [
         pa.field(STAGE, pa.string(), nullable=False),
         pa.field(REASON, pa.string(), nullable=False),
@@ -111,7 +111,7 @@ def reject_schema() -> pa.Schema:
         pa.field(CLIP_SCORE, pa.float32()),
         pa.field(DUPLICATE_OF, pa.string()),
         pa.field(SIMILARITY, pa.float32()),
-    ]
+    ] + [pa.field(c, pa.string()) for c in save_cols]
     return _with_version(pa.schema(fields))
 
 
