@@ -54,7 +54,9 @@ def time_run(url_list: str, out_dir: str, extra: list[str]) -> tuple[float, int]
     cmd = [
         sys.executable, "-m", "paircurate.cli", "run", url_list, "-o", out_dir,
         "--image-size", "256", "--resize-mode", "center_crop", "--encode-format", "jpg", "--encode-quality", "95",
-        "--no-progress", "--allow-private-network", "--per-domain-concurrency", "64", *extra,
+        "--no-progress", "--allow-private-network", "--per-domain-concurrency", "64",
+        # The list repeats 250 photos: dedup would rightly drop all but 250.
+        "--no-dedup-exact", "--no-dedup-perceptual", *extra,
     ]
     # Each run in a fresh child: ru_maxrss of RUSAGE_CHILDREN is then the peak
     # of the largest process that has ended so far, so run the smallest list first.
@@ -75,7 +77,7 @@ def peak_rss_mib(url_list: str, out_dir: str, extra: list[str]) -> float:
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
     cmd = [sys.executable, "-m", "paircurate.cli", "run", url_list, "-o", out_dir, "--image-size", "256", "--no-progress",
-           "--allow-private-network", "--per-domain-concurrency", "64", *extra]
+           "--allow-private-network", "--per-domain-concurrency", "64", "--no-dedup-exact", "--no-dedup-perceptual", *extra]
     out = subprocess.run([sys.executable, "-c", probe, *cmd], check=True, capture_output=True, text=True).stdout
     return int(out.strip().splitlines()[-1]) / 1024
 
