@@ -58,24 +58,25 @@ def dedup_key(record: dict) -> dict:
     }
 
 
-def read_reference_keys(out_dir: str) -> list[dict]:
-    """Key records of an earlier run's kept samples (``--dedup-against``)."""
-    keys = []
-    for path in sorted(glob.glob(os.path.join(out_dir, "[0-9]*.parquet"))):
-        table = pq.read_table(path, columns=[R.UID, R.URL, R.SHA256, R.PHASH, R.CLIP_SCORE])
-        npy = path[: -len(".parquet")] + ".img.npy"
-        emb = np.load(npy).astype(np.float32) if os.path.exists(npy) else None
-        for i, row in enumerate(table.to_pylist()):
-            keys.append(
-                {
-                    R.UID: row[R.UID], R.SHARD: -1, R.CLIP_SCORE: row[R.CLIP_SCORE], R.SHA256: row[R.SHA256],
-                    R.URL: normalize_url(row[R.URL]), R.PHASH: row[R.PHASH],
-                    R.IMAGE_EMBEDDING: None if emb is None else emb[i], PINNED: True,
-                }
-            )
-    if not keys:
+def reference_shards(out_dir: str) -> list[str]:
+    """The shard Parquet files of an earlier run (``--dedup-against``)."""
+    paths = sorted(glob.glob(os.path.join(out_dir, "[0-9]*.parquet")))
+    if not paths:
         raise FileNotFoundError(f"--dedup-against {out_dir}: no shard Parquet files (NNNNN.parquet) found")
-    return keys
+    return paths
+
+
+def read_reference_keys(path: str):
+    """Key records of one shard of an earlier run; read on a worker, not in the driver."""
+    table = pq.read_table(path, columns=[R.UID, R.URL, R.SHA256, R.PHASH, R.CLIP_SCORE])
+    npy = path[: -len(".parquet")] + ".img.npy"
+    emb = np.load(npy).astype(np.float32) if os.path.exists(npy) else None
+    for i, row in enumerate(table.to_pylist()):
+        yield {
+            R.UID: row[R.UID], R.SHARD: -1, R.CLIP_SCORE: row[R.CLIP_SCORE], R.SHA256: row[R.SHA256],
+            R.URL: normalize_url(row[R.URL]), R.PHASH: row[R.PHASH],
+            R.IMAGE_EMBEDDING: None if emb is None else emb[i], PINNED: True,
+        }
 
 
 def load_eval_hashes(source: str, image_cfg: ImageConfig) -> list[tuple[str, str, str]]:
@@ -238,7 +239,11 @@ class FindDuplicates(beam.PTransform):
         cfg = self._cfg
         keys = samples | "Keys" >> beam.Map(dedup_key)
         if cfg.dedup_against:
-            reference = keys.pipeline | "EarlierRun" >> beam.Create(read_reference_keys(cfg.dedup_against))
+            reference = (
+                keys.pipeline
+                | "EarlierRunShards" >> beam.Create(reference_shards(cfg.dedup_against))
+                | "EarlierRunKeys" >> beam.FlatMap(read_reference_keys)
+            )
             keys = (keys, reference) | "WithEarlierRun" >> beam.Flatten()
         removals = []
         if cfg.decontaminate_against:

@@ -100,7 +100,16 @@ class ShardWriter:
         self._reject_schema = R.reject_schema(save_cols)
 
     def write(self, shard: int, samples: Iterable[dict], rejects: Iterable[dict], removals: Iterable[dict] = ()) -> dict:
-        """Write the shard; ``removals`` (from dedup) turn kept samples into reject rows."""
+        """Write the shard; ``removals`` (from dedup) turn kept samples into reject rows.
+
+        A shard whose stats file exists is complete: a retried bundle (or a
+        second writer) returns its stats instead of writing it again, which
+        also matters because completion removes the shard's spooled images.
+        """
+        marker = os.path.join(self._out, f"{shard_name(shard)}{STATS_SUFFIX}")
+        if os.path.exists(marker):
+            with open(marker) as fh:
+                return json.load(fh)
         order = lambda r: (r[R.SOURCE_FILE], r[R.SOURCE_ROW])  # noqa: E731 - deterministic order in every run
         removed = {r[R.UID]: r for r in removals}
         rejects = list(rejects) + [_removal_reject(s, removed[s[R.UID]]) for s in samples if s[R.UID] in removed]

@@ -101,3 +101,27 @@ def test_clean_captions_transform_routes_rejects():
         assert_that(out.kept | "kc" >> beam.Map(lambda r: r[R.CAPTION]), equal_to(["a & b c"]), label="kept")
         assert_that(out.rejected | "rr" >> beam.Map(lambda r: (r[R.UID], r[R.STAGE], r[R.REASON])),
                     equal_to([("b", "caption", "caption_too_few_words")]), label="rejected")
+
+
+def test_a_retried_bundle_rewrites_identical_files_and_duplicates_nothing(tmp_path):
+    """Beam may run a bundle twice: spooling and writing the same shard again must be a no-op."""
+    from paircurate.pipeline.spool import spool_image
+
+    records = [spool_image(sample(i), str(tmp_path)) for i in range(3)]
+    again = [spool_image(sample(i), str(tmp_path)) for i in range(3)]  # the retried bundle
+    assert [r[R.IMAGE_SPOOL] for r in records] == [r[R.IMAGE_SPOOL] for r in again]
+
+    writer = ShardWriter(str(tmp_path), save_cols=("license",))
+    # A first attempt that died before its completion marker: the retry redoes it all.
+    writer.write(3, records, [reject(5)])
+    os.remove(tmp_path / "00003_stats.json")
+    records = [spool_image(sample(i), str(tmp_path)) for i in range(3)]
+    stats = writer.write(3, records, [reject(5)])
+    first = {name: (tmp_path / name).read_bytes() for name in ("00003.tar", "00003.parquet", "00003_stats.json")}
+    # A retry after the shard completed (its spool is gone by then) is a no-op.
+    assert writer.write(3, again, [reject(5)]) == stats
+    for name, data in first.items():
+        assert (tmp_path / name).read_bytes() == data, name
+    keys = [s["__key__"] for s in wds.WebDataset(str(tmp_path / "00003.tar"), shardshuffle=False)]
+    assert keys == sorted(set(keys)) and len(keys) == 3
+    assert not [n for n in os.listdir(tmp_path) if ".tmp" in n]
