@@ -28,6 +28,8 @@ class Reason(str, enum.Enum):
     # caption
     CAPTION_TOO_SHORT = "caption_too_short"
     CAPTION_TOO_FEW_WORDS = "caption_too_few_words"
+    BOILERPLATE_CAPTION = "boilerplate_caption"  # "image", "IMG_1234.JPG", camera defaults
+    NON_ENGLISH_CAPTION = "non_english_caption"
     # download
     TIMEOUT = "timeout"
     CONNECTION_ERROR = "connection_error"

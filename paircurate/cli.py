@@ -2,10 +2,13 @@
 
     paircurate run pairs.parquet -o out --image-size 256 --clip
     paircurate run 'lists/*.csv' -o out --config curate.yaml --runner DirectRunner --direct_num_workers 2
+    paircurate run pairs.parquet -o out --preset clip --config curate.yaml
     paircurate demo
+    paircurate inspect out && paircurate report out
 
 Flags map one-to-one onto config keys (``--image-size`` -> ``image.image_size``);
-values given on the command line override those from ``--config``. Arguments
+values given on the command line override those from ``--config``, which
+override those of ``--preset``. Arguments
 this parser does not know are handed to Beam as pipeline options.
 """
 
@@ -16,7 +19,7 @@ import logging
 import sys
 from typing import Any, Callable
 
-from paircurate.config import ENCODE_FORMATS, INPUT_FORMATS, RESIZE_MODES, PipelineConfig, UserError
+from paircurate.config import ENCODE_FORMATS, INPUT_FORMATS, PRESETS, RESIZE_MODES, PipelineConfig, UserError
 
 # (flag, config key, argparse kwargs). The help text is the documentation.
 _RUN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
@@ -26,6 +29,8 @@ _RUN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--input-format", "input.input_format", dict(choices=INPUT_FORMATS, help="input format (default: from the extension)")),
     ("--min-words", "caption.min_words", dict(type=int, help="reject captions with fewer words (default: 0)")),
     ("--min-chars", "caption.min_chars", dict(type=int, help="reject captions with fewer characters (default: 0)")),
+    ("--english-only", "caption.english_only", dict(action="store_const", const=True, help="reject captions confidently identified as not English (non_english_caption)")),
+    ("--reject-boilerplate", "caption.reject_boilerplate", dict(action="store_const", const=True, help="reject captions like 'image', 'untitled', 'IMG_1234.JPG' as boilerplate_caption")),
     ("--threads", "download.threads", dict(type=int, help="concurrent downloads per worker (default: 32)")),
     ("--connect-timeout", "download.connect_timeout", dict(type=float, help="seconds to connect (default: 5)")),
     ("--read-timeout", "download.read_timeout", dict(type=float, help="seconds without a byte before giving up (default: 10)")),
@@ -72,6 +77,12 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
             kwargs = {"metavar": key.split(".")[1].upper(), **kwargs}
         group.add_argument(flag, dest=key, default=None, **kwargs)
     parser.add_argument("--config", help="YAML file with config sections (input, download, image, clip, output, ...)")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="starting defaults, under --config and flags: clip (DataComp basic filtering: >2 words, >5 chars, "
+        "min side 200, aspect <= 3, CLIP on) or dalle (256 center crop, min side 256, aspect <= 2, >= 2 words, no boilerplate captions)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="delete OUT first instead of resuming into it")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -82,7 +93,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_config(args: argparse.Namespace, beam_args: list[str]) -> PipelineConfig:
-    cfg = PipelineConfig.from_yaml(args.config) if args.config else PipelineConfig()
+    cfg = PipelineConfig.from_sources(preset=getattr(args, "preset", None), yaml_path=args.config)
     overrides = _overrides(args)
     if getattr(args, "inputs", None):
         overrides["input.paths"] = list(args.inputs)
@@ -119,6 +130,20 @@ def _cmd_demo(args: argparse.Namespace, beam_args: list[str]) -> int:
     )
 
 
+def _cmd_inspect(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from paircurate.inspection import format_inspection, inspect_output
+
+    print(format_inspection(inspect_output(args.output_dir)))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from paircurate.report import write_report
+
+    print(write_report(args.output_dir))
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paircurate", description="Curate image-text pair datasets with Apache Beam.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +170,16 @@ def make_parser() -> argparse.ArgumentParser:
     demo_p.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo_p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     demo_p.set_defaults(handler=_cmd_demo)
+
+    inspect_p = sub.add_parser("inspect", help="print a one-screen summary of an output folder")
+    inspect_p.add_argument("output_dir", metavar="OUT", help="output folder of a run")
+    inspect_p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    inspect_p.set_defaults(handler=_cmd_inspect)
+
+    report_p = sub.add_parser("report", help="write OUT/report.html: funnel, rejects, score and size plots, sample grids")
+    report_p.add_argument("output_dir", metavar="OUT", help="output folder of a run")
+    report_p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    report_p.set_defaults(handler=_cmd_report)
     return parser
 
 

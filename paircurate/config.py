@@ -55,6 +55,8 @@ class InputConfig:
 class CaptionConfig:
     min_words: int = 0
     min_chars: int = 0
+    reject_boilerplate: bool = False  # "image", "IMG_1234.JPG", camera defaults -> boilerplate_caption
+    english_only: bool = False  # reject captions confidently identified as another language (py3langid)
 
     def __post_init__(self) -> None:
         _check(self.min_words >= 0 and self.min_chars >= 0, "caption.min_words and caption.min_chars must be >= 0")
@@ -189,6 +191,14 @@ class PipelineConfig:
     def from_yaml(cls, path: str | Path) -> "PipelineConfig":
         return cls.from_dict(load_yaml(path))
 
+    @classmethod
+    def from_sources(cls, preset: str | None = None, yaml_path: str | Path | None = None) -> "PipelineConfig":
+        """Preset defaults, then the YAML file over them (flags go on top with ``with_overrides``)."""
+        data: dict[str, Any] = preset_dict(preset) if preset else {}
+        if yaml_path:
+            data = merge_sections(data, load_yaml(yaml_path))
+        return cls.from_dict(data)
+
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))
 
@@ -200,6 +210,43 @@ class PipelineConfig:
             _check(section in data and name in data[section], f"unknown config key {dotted!r}")
             data[section][name] = value
         return PipelineConfig.from_dict(data)
+
+
+# Named starting points, applied under the YAML file and the flags (preset < YAML < flags).
+# Thresholds follow the published recipes they are named after.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # DataComp's basic filtering: captions of more than 2 words and 5 characters,
+    # images of at least 200 px with aspect ratio at most 3, CLIP-scored.
+    "clip": {
+        "caption": {"min_words": 3, "min_chars": 6},
+        "image": {"min_image_size": 200, "max_aspect_ratio": 3.0},
+        "clip": {"enabled": True},
+    },
+    # Text-to-image training wants square-ish crops at the training size, images
+    # big enough not to be upscaled into them, and captions that describe the
+    # picture rather than name the file.
+    "dalle": {
+        "caption": {"min_words": 2, "reject_boilerplate": True},
+        "image": {"image_size": 256, "resize_mode": "center_crop", "min_image_size": 256, "max_aspect_ratio": 2.0},
+    },
+}
+
+
+def preset_dict(name: str) -> dict[str, dict[str, Any]]:
+    """A copy of preset ``name``'s config sections; ConfigError naming the known presets otherwise."""
+    _check(name in PRESETS, f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+    return {section: dict(values) for section, values in PRESETS[name].items()}
+
+
+def merge_sections(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, one level deep: a YAML section overrides a preset key by key, not wholesale."""
+    merged: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in base.items()}
+    for section, values in top.items():
+        if isinstance(values, Mapping) and isinstance(merged.get(section), dict):
+            merged[section].update(values)
+        else:
+            merged[section] = values
+    return merged
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

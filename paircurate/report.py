@@ -1,0 +1,334 @@
+"""A self-contained HTML report of an output folder: ``paircurate report OUT``.
+
+    >>> from paircurate.report import write_report
+    >>> write_report("out")          # -> "out/report.html"
+
+One file, nothing fetched when it is opened: plots are inline PNGs drawn with
+matplotlib's Agg backend and thumbnails are read from the tars with
+``tarfile`` and inlined as base64, so the report can be mailed or archived next
+to the release. URLs of the data are shown as text, never as links or sources.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+import tarfile
+from collections import defaultdict
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from paircurate.filters.decision import Stage
+from paircurate.inspection import human_bytes, inspect_output, read_column
+from paircurate.schemas.records import CAPTION, CLIP_SCORE, DETAIL, DUPLICATE_OF, ORIGINAL_HEIGHT, ORIGINAL_WIDTH, REASON, SIMILARITY, STAGE, UID, URL
+
+REPORT_FILE = "report.html"
+THUMB_SIDE = 128
+KEPT_GRID = 24
+EXAMPLES_PER_REASON = 3
+GRID_PER_REASON = 6
+_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1,h2{font-weight:600} h2{margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:8px 0} td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+.grid{display:flex;flex-wrap:wrap;gap:10px} .card{width:180px;border:1px solid #ddd;padding:6px;font-size:12px;word-wrap:break-word}
+.card img{display:block;margin:0 auto 4px} .muted{color:#777} .url{font-family:monospace;font-size:11px;color:#555}
+.pair{display:flex;gap:6px} .removed{background:#fff4f4}
+"""
+
+
+def write_report(out_dir: str) -> str:
+    """Write ``OUT/report.html`` and return its path (written under a temporary name, then renamed)."""
+    page = build_report(out_dir)
+    path = os.path.join(out_dir, REPORT_FILE)
+    tmp = os.path.join(out_dir, f".{REPORT_FILE}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    os.replace(tmp, path)
+    return path
+
+
+def build_report(out_dir: str) -> str:
+    ins = inspect_output(out_dir)
+    stats = ins.stats or {}
+    funnel = stats.get("funnel")
+    by_reason, reject_scores = _reject_examples(ins.reject_files, GRID_PER_REASON)
+    kept_head = _first_rows(ins.parquets, [UID, CAPTION, URL, CLIP_SCORE], KEPT_GRID)
+    keeper_uids = {r[DUPLICATE_OF] for rs in by_reason.values() for r in rs[:GRID_PER_REASON] if r.get(DUPLICATE_OF)}
+    thumbs = read_thumbnails(ins.tars, {r[UID] for r in kept_head} | keeper_uids)
+    keeper_captions = _captions_of(ins.parquets, keeper_uids)
+
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>paircurate report: {_e(os.path.abspath(out_dir))}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>paircurate report</h1><p class=\"muted\">{_e(os.path.abspath(out_dir))}</p>",
+        _overview(ins),
+    ]
+    if funnel:
+        parts += [_funnel_section(funnel), _reasons_section(funnel, by_reason)]
+    else:
+        parts.append("<p>No stats.json: the run did not finish, so there is no funnel.</p>")
+    parts.append(_clip_section(ins.parquets, reject_scores, stats.get("clip_threshold")))
+    parts.append(_size_section(ins.parquets))
+    parts.append(_kept_grid(kept_head, thumbs))
+    parts.append(_reject_grids(by_reason, thumbs, keeper_captions))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+
+def _reject_examples(paths: list[str], per_reason: int) -> tuple[dict[str, list[dict]], np.ndarray]:
+    """The first ``per_reason`` rejects of each reason, and every reject's CLIP score.
+
+    One shard's reject file at a time, keeping only the examples, so memory
+    does not grow with the number of rejects of a large run.
+    """
+    columns = [UID, URL, CAPTION, STAGE, REASON, DETAIL, CLIP_SCORE, DUPLICATE_OF, SIMILARITY]
+    examples: dict[str, list[dict]] = defaultdict(list)
+    scores = []
+    for p in paths:
+        present = [c for c in columns if c in pq.read_schema(p).names]
+        table = pq.read_table(p, columns=present)
+        if CLIP_SCORE in present:
+            scores.append(table.column(CLIP_SCORE).drop_null().to_numpy().astype(np.float64))
+        for r in table.to_pylist():
+            if len(examples[r[REASON]]) < per_reason:
+                examples[r[REASON]].append(r)
+    return examples, (np.concatenate(scores) if scores else np.zeros(0))
+
+
+def _first_rows(paths: list[str], columns: list[str], n: int) -> list[dict]:
+    rows: list[dict] = []
+    for p in paths:
+        if len(rows) >= n:
+            break
+        present = [c for c in columns if c in pq.read_schema(p).names]
+        rows += pq.read_table(p, columns=present).slice(0, n - len(rows)).to_pylist()
+    return rows
+
+
+def _captions_of(paths: list[str], uids: set[str]) -> dict[str, str]:
+    if not uids:
+        return {}
+    found = {}
+    for p in paths:
+        for r in pq.read_table(p, columns=[UID, CAPTION]).to_pylist():
+            if r[UID] in uids:
+                found[r[UID]] = r[CAPTION]
+    return found
+
+
+def read_thumbnails(tars: list[str], uids: set[str], side: int = THUMB_SIDE) -> dict[str, str]:
+    """uid -> ``data:image/jpeg;base64,...`` for the samples of ``uids`` found in the tars."""
+    found: dict[str, str] = {}
+    if not uids:
+        return found
+    for path in tars:
+        with tarfile.open(path) as tf:
+            for member in tf:
+                if not member.isfile():
+                    continue
+                base = os.path.basename(member.name)
+                key, _, ext = base.partition(".")
+                if key not in uids or key in found or ext.lower() not in _IMAGE_EXTS:
+                    continue
+                data = tf.extractfile(member).read()
+                try:
+                    found[key] = _thumbnail(data, side)
+                except OSError:
+                    continue  # a sample whose bytes Pillow cannot reopen just shows no picture
+        if len(found) == len(uids):
+            break
+    return found
+
+
+def _thumbnail(data: bytes, side: int) -> str:
+    img = Image.open(io.BytesIO(data))
+    img.thumbnail((side, side))
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _plot(draw) -> str:
+    """Run ``draw(ax)`` on a fresh Agg figure and return it as an inline ``<img>``."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # never a display: the report is built on servers
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=90)
+    try:
+        draw(ax)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    return f'<img class="plot" alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode("ascii")}">'
+
+
+# --- sections ---------------------------------------------------------------------------------------
+
+
+def _e(value) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _overview(ins) -> str:
+    version = ins.schema_version or "unknown"
+    return (
+        '<h2>Output</h2><table id="overview">'
+        f'<tr><th>shards</th><td class="num" id="overview-shards">{len(ins.tars)}</td></tr>'
+        f'<tr><th>samples</th><td class="num" id="overview-samples">{ins.samples}</td></tr>'
+        f'<tr><th>tar bytes</th><td class="num" id="overview-tar-bytes">{ins.tar_bytes} ({_e(human_bytes(ins.tar_bytes))})</td></tr>'
+        f"<tr><th>schema version</th><td>{_e(version)}</td></tr></table>"
+    )
+
+
+def _funnel_section(funnel: dict) -> str:
+    rows = []
+    for s in funnel["stages"]:
+        stage = _e(s["stage"])
+        rejected = sum(s["rejected"].values())
+        rows.append(
+            f'<tr><td>{stage}</td><td class="num funnel-in" data-stage="{stage}">{s["in"]}</td>'
+            f'<td class="num funnel-rejected" data-stage="{stage}">{rejected}</td>'
+            f'<td class="num funnel-out" data-stage="{stage}">{s["out"]}</td></tr>'
+        )
+    stages = [s["stage"] for s in funnel["stages"]]
+    outs = [s["out"] for s in funnel["stages"]]
+
+    def draw(ax):
+        labels = ["input"] + stages
+        values = [funnel["input_rows"]] + outs
+        bars = ax.bar(labels, values, color=["#888"] + ["#4878a8"] * len(stages))
+        ax.bar_label(bars, fontsize=8)
+        ax.set_ylabel("rows remaining")
+        ax.set_title("rows remaining after each stage")
+
+    return (
+        "<h2>Funnel</h2>"
+        f'<p>input rows <span id="funnel-input-rows">{funnel["input_rows"]}</span> &rarr; kept '
+        f'<span id="funnel-kept">{funnel["kept"]}</span>, rejected <span id="funnel-rejected">{funnel["rejected"]}</span></p>'
+        '<table id="funnel"><tr><th>stage</th><th class="num">in</th><th class="num">rejected</th><th class="num">out</th></tr>'
+        + "".join(rows)
+        + "</table>"
+        + _plot(draw)
+    )
+
+
+def _reasons_section(funnel: dict, by_reason: dict[str, list[dict]]) -> str:
+    stage_of = {reason: s["stage"] for s in funnel["stages"] for reason in s["rejected"]}
+    order = {st.value: i for i, st in enumerate(Stage)}
+    reasons = sorted(funnel["reasons"].items(), key=lambda kv: (order.get(stage_of.get(kv[0], ""), 99), -kv[1], kv[0]))
+    rows = []
+    for reason, count in reasons:
+        examples = "".join(
+            f'<div><span class="url">{_e(r.get(URL))}</span><br>&ldquo;{_e(r.get(CAPTION))}&rdquo; '
+            f'<span class="muted">{_e(r.get(DETAIL))}</span></div>'
+            for r in by_reason.get(reason, [])[:EXAMPLES_PER_REASON]
+        )
+        rows.append(
+            f'<tr><td>{_e(stage_of.get(reason, ""))}</td><td>{_e(reason)}</td>'
+            f'<td class="num reason-count" data-reason="{_e(reason)}">{count}</td><td>{examples}</td></tr>'
+        )
+    if not rows:
+        return "<h2>Reject reasons</h2><p>No rejects.</p>"
+    return (
+        '<h2>Reject reasons</h2><table id="reasons"><tr><th>stage</th><th>reason</th><th class="num">count</th>'
+        "<th>examples (url, caption, detail)</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+def _clip_section(parquets: list[str], rejected: np.ndarray, threshold) -> str:
+    kept = read_column(parquets, CLIP_SCORE)
+    if kept.size == 0 and rejected.size == 0:
+        return "<h2>CLIP scores</h2><p>No CLIP scores (the run was made without --clip).</p>"
+    both = np.concatenate([kept, rejected])
+    bins = np.linspace(both.min(), both.max(), 31) if both.max() > both.min() else 10
+
+    def draw(ax):
+        if kept.size:
+            ax.hist(kept, bins=bins, alpha=0.6, label=f"kept ({kept.size})", color="#4878a8")
+        if rejected.size:
+            ax.hist(rejected, bins=bins, alpha=0.6, label=f"rejected with a score ({rejected.size})", color="#d0604d")
+        if threshold is not None:
+            ax.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:g}")
+        ax.set_xlabel("clip_score")
+        ax.set_ylabel("pairs")
+        ax.legend(fontsize=8)
+
+    note = f'<p>threshold applied: <span id="clip-threshold">{_e(threshold)}</span></p>' if threshold is not None else ""
+    return "<h2>CLIP scores</h2>" + note + _plot(draw)
+
+
+def _size_section(parquets: list[str]) -> str:
+    w = read_column(parquets, ORIGINAL_WIDTH)
+    h = read_column(parquets, ORIGINAL_HEIGHT)
+    if w.size == 0 or w.size != h.size:
+        return "<h2>Image sizes</h2><p>No kept images.</p>"
+    aspect = np.maximum(w, h) / np.maximum(np.minimum(w, h), 1)
+
+    def sizes(ax):
+        # Crawled sizes repeat a lot (320x240, 1024x768): marker area shows how many share one.
+        pairs, counts = np.unique(np.stack([w, h], axis=1), axis=0, return_counts=True)
+        ax.scatter(pairs[:, 0], pairs[:, 1], s=8 + 120 * counts / counts.max(), alpha=0.5, color="#4878a8")
+        ax.set_xlabel("original_width")
+        ax.set_ylabel("original_height")
+        ax.set_title("original size of kept images")
+
+    def ratios(ax):
+        ax.hist(aspect, bins=30, color="#4878a8")
+        ax.set_xlabel("aspect ratio (longer / shorter side)")
+        ax.set_ylabel("images")
+
+    return "<h2>Image sizes (as downloaded)</h2>" + _plot(sizes) + _plot(ratios)
+
+
+def _kept_grid(rows: list[dict], thumbs: dict[str, str]) -> str:
+    cards = []
+    for r in rows:
+        img = f'<img src="{thumbs[r[UID]]}" alt="kept sample">' if r[UID] in thumbs else ""
+        score = f'<br><span class="muted">clip {r[CLIP_SCORE]:.3f}</span>' if r.get(CLIP_SCORE) is not None else ""
+        cards.append(f'<div class="card kept">{img}{_e(r.get(CAPTION))}{score}</div>')
+    return f'<h2>Kept samples (first {len(rows)})</h2><div class="grid" id="kept-grid">' + "".join(cards) + "</div>"
+
+
+def _reject_grids(by_reason: dict[str, list[dict]], thumbs: dict[str, str], keeper_captions: dict[str, str]) -> str:
+    """Rejected images are never stored, so a reject shows its text; a duplicate shows the sample it copies."""
+    out = ["<h2>Rejects by reason</h2>"]
+    for reason in sorted(by_reason):
+        cards = []
+        for r in by_reason[reason][:GRID_PER_REASON]:
+            score = f'<br><span class="muted">clip {r[CLIP_SCORE]:.3f}</span>' if r.get(CLIP_SCORE) is not None else ""
+            removed = (
+                f'<div class="removed"><b>removed</b>: &ldquo;{_e(r.get(CAPTION))}&rdquo;{score}'
+                f'<br><span class="url">{_e(r.get(URL))}</span><br><span class="muted">{_e(r.get(DETAIL))}</span></div>'
+            )
+            keeper = r.get(DUPLICATE_OF)
+            if keeper:
+                img = f'<img src="{thumbs[keeper]}" alt="kept duplicate">' if keeper in thumbs else ""
+                sim = f" (similarity {r[SIMILARITY]:.3f})" if r.get(SIMILARITY) is not None else ""
+                kept_caption = keeper_captions.get(keeper)
+                kept_text = f"&ldquo;{_e(kept_caption)}&rdquo;" if kept_caption is not None else f"uid {_e(keeper)} (not in this output)"
+                cards.append(f'<div class="card dup">{img}<b>kept</b>{_e(sim)}: {kept_text}{removed}</div>')
+            else:
+                cards.append(f'<div class="card">{removed}</div>')
+        out.append(
+            f'<h3>{_e(reason)} ({len(by_reason[reason])})</h3><div class="grid reject-grid" data-reason="{_e(reason)}">'
+            + "".join(cards)
+            + "</div>"
+        )
+    return "".join(out)
