@@ -40,18 +40,71 @@ class RunSummary:
     stats: dict
 
 
+_DASK_RUNNERS = {"dask", "daskrunner"}
+# Our spelling of the scheduler address -> Beam's DaskOptions flag.
+_DASK_ADDRESS_FLAGS = ("--dask-address", "--dask_address", "--dask-client-address")
+_BEAM_DASK_ADDRESS = "--dask_client_address"
+
+
+def _translate_dask_args(beam_args: tuple[str, ...]) -> list[str]:
+    """``--dask-address X`` (or ``=X``) becomes Beam's ``--dask_client_address X``."""
+    out = []
+    for arg in beam_args:
+        flag, eq, value = arg.partition("=")
+        if flag in _DASK_ADDRESS_FLAGS:
+            out.append(f"{_BEAM_DASK_ADDRESS}={value}" if eq else _BEAM_DASK_ADDRESS)
+        else:
+            out.append(arg)
+    return out
+
+
 def make_runner(beam_args: tuple[str, ...]):
     """Beam runner + options; the in-process FnApiRunner unless another runner is named.
 
     Beam's DirectRunner would first try to fetch the Prism runner binary, which
     cannot work offline, so "direct" means FnApiRunner here; its
     ``--direct_running_mode`` and ``--direct_num_workers`` still apply.
+
+    ``--runner dask --dask-address tcp://HOST:PORT`` runs on a running
+    ``dask.distributed`` scheduler through Beam's DaskRunner:
+
+        >>> runner, options = make_runner(("--runner", "dask", "--dask-address", "tcp://127.0.0.1:8786"))
     """
-    options = PipelineOptions(list(beam_args))
+    args = _translate_dask_args(beam_args)
+    if any(a.startswith("--dask_") for a in args):
+        try:  # registers DaskOptions, so PipelineOptions does not discard the --dask_* flags
+            import apache_beam.runners.dask.dask_runner  # noqa: F401
+        except ImportError:
+            pass  # reported below if --runner dask was asked for
+    options = PipelineOptions(args)
     requested = (options.get_all_options().get("runner") or "").lower()
     if requested in _IN_PROCESS_RUNNERS:
         return FnApiRunner(), options
-    return None, options  # Beam resolves --runner itself (Dask, Flink, Spark, Dataflow)
+    if requested in _DASK_RUNNERS:
+        return _make_dask_runner(options)
+    return None, options  # Beam resolves --runner itself (Flink, Spark, Dataflow)
+
+
+def _make_dask_runner(options: PipelineOptions):
+    try:
+        import distributed  # noqa: F401  (Beam's DaskRunner needs it at run time)
+        from apache_beam.runners.dask.dask_runner import DaskOptions
+
+        from paircurate.dask_runner import PatchedDaskRunner
+    except ImportError as exc:
+        raise ConfigError(
+            f"--runner dask needs the dask and distributed packages ({exc}); "
+            "install them with: pip install 'apache-beam[dask]'"
+        ) from exc
+    dask_opts = options.view_as(DaskOptions)
+    if not dask_opts.address and not dask_opts.scheduler_file:
+        # Without an address Beam would silently start a private LocalCluster
+        # on this machine, which is never what a cluster run means.
+        raise ConfigError(
+            "--runner dask needs the scheduler's address: --dask-address tcp://HOST:PORT "
+            "(or --dask_scheduler_file PATH)"
+        )
+    return PatchedDaskRunner(), options
 
 
 def _check_plan(out_dir: str, files: list[InputFile], cfg: PipelineConfig) -> None:
@@ -134,6 +187,10 @@ def run(cfg: PipelineConfig, overwrite: bool = False) -> RunSummary:
     with open(tmp, "w") as fh:
         json.dump(stats, fh, indent=2, sort_keys=True)
     os.replace(tmp, os.path.join(out_dir, STATS_FILE))
+    if cfg.runner.report:
+        from paircurate.report import write_report  # matplotlib only when a report is wanted
+
+        write_report(out_dir)
     return RunSummary(output=out_dir, stats=stats)
 
 

@@ -85,6 +85,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="delete OUT first instead of resuming into it")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-report", action="store_true", help="do not write OUT/report.html at the end")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -103,6 +104,8 @@ def build_config(args: argparse.Namespace, beam_args: list[str]) -> PipelineConf
         overrides["runner.beam_args"] = list(cfg.runner.beam_args) + beam_args
     if args.no_progress:
         overrides["runner.progress"] = False
+    if getattr(args, "no_report", False):
+        overrides["runner.report"] = False
     if any(k.startswith("clip.") and k not in ("clip.enabled", "clip.device") for k in overrides) and "clip.enabled" not in overrides:
         overrides["clip.enabled"] = True  # naming a model or threshold means "score"
     return cfg.with_overrides(overrides)

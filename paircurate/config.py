@@ -166,6 +166,7 @@ class OutputConfig:
 class RunnerConfig:
     beam_args: tuple[str, ...] = ()  # passed through to Beam's PipelineOptions
     progress: bool = True
+    report: bool = True  # write OUT/report.html at the end of a run
 
 
 @dataclass(frozen=True)

@@ -120,4 +120,6 @@ def run_demo(out_dir: str, num_pairs: int = 300, clip: bool = True, beam_args: l
     print(f"\noutput: {dataset}")
     print(f"  shards:   {dataset}/00000.tar ... (webdataset), metadata: {dataset}/00000.parquet ...")
     print(f"  rejects:  {dataset}/rejected/*.parquet    funnel: {dataset}/stats.json")
+    if cfg.runner.report:
+        print(f"  report:   {dataset}/report.html")
     return 0
