@@ -57,9 +57,13 @@ class CaptionConfig:
     min_chars: int = 0
     reject_boilerplate: bool = False  # "image", "IMG_1234.JPG", camera defaults -> boilerplate_caption
     english_only: bool = False  # reject captions confidently identified as another language (py3langid)
+    tokenize: bool = False  # store the caption's BPE token ids (Parquet column + .tokens tar member)
+    tokenizer: str = "ViT-B-32"  # the open_clip model whose tokenizer is used
+    max_text_tokens: int = 77  # token ids kept, start and end tokens included (DALL-E layout: 256)
 
     def __post_init__(self) -> None:
         _check(self.min_words >= 0 and self.min_chars >= 0, "caption.min_words and caption.min_chars must be >= 0")
+        _check(self.max_text_tokens >= 2, "caption.max_text_tokens must be >= 2 (start and end tokens)")
 
 
 @dataclass(frozen=True)
@@ -227,7 +231,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # big enough not to be upscaled into them, and captions that describe the
     # picture rather than name the file.
     "dalle": {
-        "caption": {"min_words": 2, "reject_boilerplate": True},
+        "caption": {"min_words": 2, "reject_boilerplate": True, "tokenize": True, "max_text_tokens": 256},
         "image": {"image_size": 256, "resize_mode": "center_crop", "min_image_size": 256, "max_aspect_ratio": 2.0},
     },
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import apache_beam as beam
 
 from paircurate.config import CaptionConfig
-from paircurate.filters.caption import check_caption, clean_caption
+from paircurate.filters.caption import CaptionTokenizer, check_caption, clean_caption
 from paircurate.filters.decision import Reason, Stage
 from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs, make_reject
 from paircurate.schemas import records as R
@@ -17,6 +17,7 @@ class _CleanCaptionFn(beam.DoFn):
 
     def setup(self) -> None:
         self._counters = StageCounters(Stage.CAPTION)
+        self._tokenizer = CaptionTokenizer(self._cfg.tokenizer) if self._cfg.tokenize else None
 
     def process(self, record: dict):
         try:
@@ -30,6 +31,8 @@ class _CleanCaptionFn(beam.DoFn):
         out[R.CAPTION_RAW] = record.get(R.CAPTION)
         out[R.CAPTION] = cleaned
         if decision.keep:
+            if self._tokenizer is not None:
+                out[R.CAPTION_TOKENS], out[R.CAPTION_TOKENS_TRUNCATED] = self._tokenizer.ids(cleaned, self._cfg.max_text_tokens)
             self._counters.kept()
             yield out
         else:

@@ -45,7 +45,7 @@ _TAR_MTIME = 0.0  # fixed so identical shards are byte-identical across runs
 _BULK_FIELDS = (R.IMAGE, R.IMAGE_SPOOL, R.IMAGE_EMBEDDING, R.TEXT_EMBEDDING, R.EXTRA)
 # Timings differ from run to run; they stay in the Parquet but out of the tar,
 # so the same input gives byte-identical shards.
-_TAR_EXCLUDED = _BULK_FIELDS + (R.DOWNLOAD_SECONDS,)
+_TAR_EXCLUDED = _BULK_FIELDS + (R.DOWNLOAD_SECONDS, R.CAPTION_TOKENS)
 
 
 def shard_name(shard: int) -> str:
@@ -160,6 +160,8 @@ class ShardWriter:
                         "json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8"),
                         "txt": (s.get(R.CAPTION) or "").encode("utf-8"),
                     }
+                    if s.get(R.CAPTION_TOKENS) is not None:
+                        members["tokens"] = json.dumps(list(s[R.CAPTION_TOKENS])).encode("ascii")
                     for ext in sorted(members):
                         _add_member(tar, f"{s[R.UID]}.{ext}", members[ext])
             size = fh.tell()

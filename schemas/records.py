@@ -27,6 +27,8 @@ SHARD = "shard"
 EXTRA = "extra"  # dict of --save-cols values while in flight; columns on output
 
 CAPTION_RAW = "caption_raw"
+CAPTION_TOKENS = "caption_tokens"  # BPE ids with --tokenize; also the tar's .tokens member
+CAPTION_TOKENS_TRUNCATED = "caption_tokens_truncated"
 
 IMAGE = "image"  # encoded bytes (in flight only; goes into the tar, not the Parquet)
 IMAGE_SPOOL = "image_spool"  # in flight only: where the bytes wait for the shard writer
@@ -94,7 +96,11 @@ def sample_schema(save_cols: Sequence[str] = ()) -> pa.Schema:
     """
     fields = (
         PAIR_FIELDS
-        + [pa.field(CAPTION_RAW, pa.string())]
+        + [
+            pa.field(CAPTION_RAW, pa.string()),
+            pa.field(CAPTION_TOKENS, pa.list_(pa.int32())),
+            pa.field(CAPTION_TOKENS_TRUNCATED, pa.bool_()),
+        ]
         + _IMAGE_FIELDS
         + _SCORE_FIELDS
         + [pa.field(c, pa.string()) for c in save_cols]
