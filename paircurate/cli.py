@@ -150,6 +150,18 @@ def _cmd_report(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
+def _cmd_verify_train(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from paircurate.verify_train import verify_train
+
+    result = verify_train(args.output_dir, model=args.model, pretrained=args.pretrained, batch_size=args.batch_size)
+    verdict = "OK" if result["matches"] else "MISMATCH"
+    print(
+        f"verify-train {verdict}: open_clip_train read {result['consumed']} samples ({result['unique']} distinct) "
+        f"of {result['kept']} kept, {result['steps']} steps of batch {result['batch_size']}"
+    )
+    return 0 if result["matches"] else 1
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paircurate", description="Curate image-text pair datasets with Apache Beam.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -186,6 +198,17 @@ def make_parser() -> argparse.ArgumentParser:
     report_p.add_argument("output_dir", metavar="OUT", help="output folder of a run")
     report_p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     report_p.set_defaults(handler=_cmd_report)
+
+    train_p = sub.add_parser(
+        "verify-train",
+        help="train one epoch with open_clip's own training entry point on the shards and check it read exactly the kept samples",
+    )
+    train_p.add_argument("output_dir", metavar="OUT", help="output folder of a run")
+    train_p.add_argument("--model", default=None, help="open_clip model (default: the bundled paircurate-tiny)")
+    train_p.add_argument("--pretrained", default=None, help="weights for --model (default: the bundled checkpoint)")
+    train_p.add_argument("--batch-size", type=int, default=None, help="default: the largest divisor of the sample count up to 32")
+    train_p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    train_p.set_defaults(handler=_cmd_verify_train)
     return parser
 
 

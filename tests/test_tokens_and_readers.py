@@ -65,3 +65,15 @@ def test_tokens_reach_parquet_and_tar_and_pandas_reads_the_metadata(loopback_ser
     assert sorted(frame["uid"]) == sorted(r["uid"] for r in table.to_pylist())
     assert frame["width"].tolist() == [64, 64]
 
+
+
+def test_open_clip_training_reads_exactly_the_kept_samples(loopback_server, tmp_path, capsys):
+    rows = [{"url": loopback_server.url(loopback_server.add(f"/v/{i}.jpg", encode(photo(10 + i)))), "caption": f"a picture number {i}"} for i in range(10)]
+    rows.append({"url": loopback_server.url("/fault/404"), "caption": "a picture that is gone"})
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "-o", str(out), "--image-size", "64", "--no-progress", "--no-report",
+                 "--allow-private-network", "--shard-size", "4"]) == 0
+    assert main(["verify-train", str(out)]) == 0
+    assert "verify-train OK: open_clip_train read 10 samples (10 distinct) of 10 kept" in capsys.readouterr().out
