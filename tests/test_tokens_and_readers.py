@@ -1,4 +1,4 @@
-"""Caption token ids (--tokenize) and the Parquet metadata read by pandas as well as pyarrow."""
+"""Caption token ids (--tokenize), the Parquet metadata read by pyarrow, pandas and DuckDB, and open_clip training."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import glob
 import json
 import os
 
+import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -64,6 +65,13 @@ def test_tokens_reach_parquet_and_tar_and_pandas_reads_the_metadata(loopback_ser
     assert list(frame.columns) == R.sample_schema().names
     assert sorted(frame["uid"]) == sorted(r["uid"] for r in table.to_pylist())
     assert frame["width"].tolist() == [64, 64]
+
+    con = duckdb.connect()
+    described = con.execute(f"DESCRIBE SELECT * FROM read_parquet('{parquet}')").fetchall()
+    assert [row[0] for row in described] == R.sample_schema().names
+    assert dict((row[0], row[1]) for row in described)["caption_tokens"] == "INTEGER[]"
+    count, truncated = con.execute(f"SELECT count(*), sum(caption_tokens_truncated::INT) FROM read_parquet('{parquet}')").fetchone()
+    assert (count, truncated) == (2, 1)
 
 
 
