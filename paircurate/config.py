@@ -223,7 +223,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # DataComp's basic filtering: captions of more than 2 words and 5 characters,
     # images of at least 200 px with aspect ratio at most 3, CLIP-scored.
     "clip": {
-        "caption": {"min_words": 3, "min_chars": 6},
+        "caption": {"min_words": 3, "min_chars": 6, "english_only": True},
         "image": {"min_image_size": 200, "max_aspect_ratio": 3.0},
         "clip": {"enabled": True},
     },
@@ -231,7 +231,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # big enough not to be upscaled into them, and captions that describe the
     # picture rather than name the file.
     "dalle": {
-        "caption": {"min_words": 2, "reject_boilerplate": True, "tokenize": True, "max_text_tokens": 256},
+        "caption": {"min_words": 2, "reject_boilerplate": True, "english_only": True, "tokenize": True, "max_text_tokens": 256},
         "image": {"image_size": 256, "resize_mode": "center_crop", "min_image_size": 256, "max_aspect_ratio": 2.0},
     },
 }

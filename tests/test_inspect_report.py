@@ -164,15 +164,28 @@ def test_report_command_writes_the_file(curated, capsys, tmp_path):
 def test_report_renders_in_headless_chromium(curated, tmp_path):
     path = write_report(curated)
     shot = tmp_path / "shot.png"
-    subprocess.run(
-        [
-            "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={shot}", "--window-size=1200,2000", "file://" + os.path.abspath(path),
-        ],
-        check=True, capture_output=True, timeout=120,
-    )
+    browser = [
+        "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr", "--v=0", "--window-size=1200,2000",
+    ]
+    url = "file://" + os.path.abspath(path)
+    shot_run = subprocess.run(browser + [f"--screenshot={shot}", url], check=True, capture_output=True, timeout=120, text=True)
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert pixels.shape == (2000, 1200)
     assert pixels.std() > 20  # a blank or error page is near-uniform
     assert (pixels < 100).mean() > 0.01  # dark text and bars, not just a background
+
+    # The DOM as the browser built it carries the funnel of stats.json, and the page logged no console error.
+    dom_run = subprocess.run(browser + ["--dump-dom", url], check=True, capture_output=True, timeout=120, text=True)
+    for log in (shot_run.stderr, dom_run.stderr):
+        console = [line for line in log.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+        assert console == [], console
+    parser = _Collector()
+    parser.feed(dom_run.stdout)
+    parser.close()
+    funnel = _stats(curated)["funnel"]
+    assert parser.ids["funnel-kept"] == str(funnel["kept"])
+    assert parser.ids["funnel-input-rows"] == str(funnel["input_rows"])
+    for s in funnel["stages"]:
+        assert parser.cells[("funnel-out", s["stage"])] == str(s["out"])
