@@ -31,6 +31,18 @@ from paircurate.pipeline.politeness import (
     robots_tag_directives,
 )
 
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+HAS_IPV6_LOOPBACK = _has_ipv6_loopback()
+needs_ipv6 = pytest.mark.skipif(not HAS_IPV6_LOOPBACK, reason="no IPv6 loopback (::1) on this machine")
+
 BASE = DownloadConfig(
     threads=8,
     connect_timeout=1.0,
@@ -426,11 +438,9 @@ def test_guard_off_allows_loopback_by_name(loopback_server):
     assert outcome(localhost_url(loopback_server, "/same/x.png"), BASE, make_pool(BASE))[0] == "ok"
 
 
+@needs_ipv6
 def test_guard_checks_every_redirect_hop(loopback_server, monkeypatch):
-    try:
-        v6 = LoopbackServer("::1").start()
-    except OSError:
-        pytest.skip("no IPv6 loopback here")
+    v6 = LoopbackServer("::1").start()
     try:
         # Pretend 127.0.0.1 is a public address so the first hop is allowed;
         # ::1 stays what it is.
@@ -451,6 +461,7 @@ def test_guard_checks_every_redirect_hop(loopback_server, monkeypatch):
         v6.stop()
 
 
+@needs_ipv6
 def test_guard_connects_to_the_address_it_checked(monkeypatch):
     # A rebinding resolver: the first answer passes the check, later ones
     # would not. Only one lookup may happen, and the socket must go to the
@@ -471,10 +482,7 @@ def test_guard_connects_to_the_address_it_checked(monkeypatch):
     real = fetch.blocked_address_reason
     monkeypatch.setattr(fetch, "blocked_address_reason", lambda a: None if a == "::1" else real(a))
     probe = socket.socket(socket.AF_INET6)
-    try:
-        probe.bind(("::1", 0))
-    except OSError:
-        pytest.skip("no IPv6 loopback here")
+    probe.bind(("::1", 0))
     port = probe.getsockname()[1]
     probe.close()  # nobody listens there now
     config = cfg(allow_private_network=False, retries=0)
