@@ -49,19 +49,21 @@ def write_url_list(server: LoopbackServer, photos, n: int, path: str) -> None:
             writer.writerow([server.url(f"{photo}?i={i}"), caption])
 
 
-def time_run(url_list: str, out_dir: str, extra: list[str]) -> tuple[float, int]:
-    shutil.rmtree(out_dir, ignore_errors=True)
-    cmd = [
+def paircurate_command(url_list: str, out_dir: str, extra: list[str]) -> list[str]:
+    """`paircurate run` with the benchmark's settings: 256 center_crop jpg q95, no dedup, no report."""
+    return [
         sys.executable, "-m", "paircurate.cli", "run", url_list, "-o", out_dir,
         "--image-size", "256", "--resize-mode", "center_crop", "--encode-format", "jpg", "--encode-quality", "95",
-        "--no-progress", "--allow-private-network", "--per-domain-concurrency", "64",
+        "--no-progress", "--no-report", "--allow-private-network", "--per-domain-concurrency", "64",
         # The list repeats 250 photos: dedup would rightly drop all but 250.
-        "--no-dedup-exact", "--no-dedup-perceptual", *extra,
+        "--no-dedup-exact", "--no-dedup-perceptual", "--no-dedup-semantic", *extra,
     ]
-    # Each run in a fresh child: ru_maxrss of RUSAGE_CHILDREN is then the peak
-    # of the largest process that has ended so far, so run the smallest list first.
+
+
+def time_run(url_list: str, out_dir: str, extra: list[str]) -> tuple[float, int]:
+    shutil.rmtree(out_dir, ignore_errors=True)
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(paircurate_command(url_list, out_dir, extra), check=True, stdout=subprocess.DEVNULL)
     elapsed = time.perf_counter() - start
     with open(os.path.join(out_dir, "stats.json")) as fh:
         stages = {s["stage"]: s for s in json.load(fh)["funnel"]["stages"]}
@@ -71,15 +73,18 @@ def time_run(url_list: str, out_dir: str, extra: list[str]) -> tuple[float, int]
 
 
 def peak_rss_mib(url_list: str, out_dir: str, extra: list[str]) -> float:
-    """Peak RSS of one `paircurate run` process, measured in a fresh interpreter."""
+    """Peak RSS of one `paircurate run` process, measured in a fresh interpreter.
+
+    ru_maxrss of RUSAGE_CHILDREN is the peak of the largest child that has
+    ended, so each measurement gets its own interpreter with one child.
+    """
     shutil.rmtree(out_dir, ignore_errors=True)
     probe = (
         "import resource, subprocess, sys; "
         "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
-    cmd = [sys.executable, "-m", "paircurate.cli", "run", url_list, "-o", out_dir, "--image-size", "256", "--no-progress",
-           "--allow-private-network", "--per-domain-concurrency", "64", "--no-dedup-exact", "--no-dedup-perceptual", *extra]
+    cmd = paircurate_command(url_list, out_dir, extra)
     out = subprocess.run([sys.executable, "-c", probe, *cmd], check=True, capture_output=True, text=True).stdout
     return int(out.strip().splitlines()[-1]) / 1024
 

@@ -20,12 +20,11 @@ import resource
 import shutil
 import statistics
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
 
-from throughput import DEFAULT_DATA, serve_photos, write_url_list
+from throughput import DEFAULT_DATA, paircurate_command, serve_photos, write_url_list
 
 from paircurate.loopback import LoopbackServer
 
@@ -62,13 +61,7 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
 
 def run_paircurate(url_list: str, out: str, extra: list[str]) -> tuple[float, int]:
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [
-        sys.executable, "-m", "paircurate.cli", "run", url_list, "-o", out, "--image-size", "256",
-        "--resize-mode", "center_crop", "--encode-format", "jpg", "--encode-quality", "95", "--retries", "0",
-        "--no-dedup-exact", "--no-dedup-perceptual", "--no-dedup-semantic", "--no-progress",
-        "--allow-private-network", "--per-domain-concurrency", "64", *extra,
-    ]
-    elapsed, _ = timed(cmd)
+    elapsed, _ = timed(paircurate_command(url_list, out, ["--retries", "0", *extra]))
     return elapsed, count_tar_images(out)
 
 

@@ -94,7 +94,7 @@ def _make_dask_runner(options: PipelineOptions):
     except ImportError as exc:
         raise ConfigError(
             f"--runner dask needs the dask and distributed packages ({exc}); "
-            "install them with: pip install 'apache-beam[dask]'"
+            "install them with: pip install 'paircurate[dask]' (or pip install -e '.[dask]' in a checkout)"
         ) from exc
     dask_opts = options.view_as(DaskOptions)
     if not dask_opts.address and not dask_opts.scheduler_file:

@@ -237,6 +237,8 @@ class FindDuplicates(beam.PTransform):
 
     def expand(self, samples):
         cfg = self._cfg
+        if not (cfg.exact or cfg.perceptual or self._semantic or cfg.decontaminate_against):
+            return samples.pipeline | "NoRemovals" >> beam.Create([])  # nothing would read the key records
         keys = samples | "Keys" >> beam.Map(dedup_key)
         if cfg.dedup_against:
             reference = (
@@ -297,6 +299,4 @@ class FindDuplicates(beam.PTransform):
                 | "ResolveOnce" >> beam.Create([None])
                 | "Resolve" >> beam.FlatMap(_resolve, pairs=beam.pvalue.AsList(pairs), infos=beam.pvalue.AsList(involved))
             )
-        if not removals:
-            return keys.pipeline | "NoRemovals" >> beam.Create([])
         return removals | "AllRemovals" >> beam.Flatten()

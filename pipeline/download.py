@@ -41,7 +41,7 @@ def fetch_and_prepare(record: dict, download_cfg: DownloadConfig, image_cfg: Ima
     try:
         image = prepare_image(fetched.data, image_cfg)
     except RejectError as err:
-        return make_reject(record, Stage.IMAGE, err.reason, err.detail, **{R.SHA256: None})
+        return make_reject(record, Stage.IMAGE, err.reason, err.detail)
     except Exception as exc:
         log.exception("unexpected image failure for %s", record.get(R.URL))
         return make_reject(record, Stage.IMAGE, Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
