@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import dataclasses
 import os
 import shutil
 import time
@@ -20,6 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from paircurate.config import ConfigError, PipelineConfig
+from paircurate.pipeline.fetch_workers import default_processes
 from paircurate.pipeline.graph import build_graph
 from paircurate.pipeline.progress import PROGRESS_DIR, ProgressMonitor
 from paircurate.pipeline.read import InputFile, plan_inputs
@@ -85,6 +87,20 @@ def make_runner(beam_args: tuple[str, ...]):
     return None, options  # Beam resolves --runner itself (Flink, Spark, Dataflow)
 
 
+def resolve_download_processes(cfg: PipelineConfig, runner, options: PipelineOptions) -> PipelineConfig:
+    """``download.processes = 0`` means one per core when this process is the only worker.
+
+    On the in-process runner the pipeline runs in this one process, so its
+    download stage should use every core. Beam's multi-process direct mode and
+    cluster runners already run one SDK worker per core; there it means 1.
+    """
+    if cfg.download.processes:
+        return cfg
+    in_memory = isinstance(runner, FnApiRunner) and options.get_all_options().get("direct_running_mode") in (None, "in_memory")
+    processes = default_processes() if in_memory else 1
+    return dataclasses.replace(cfg, download=dataclasses.replace(cfg.download, processes=processes))
+
+
 def _make_dask_runner(options: PipelineOptions):
     try:
         import distributed  # noqa: F401  (Beam's DaskRunner needs it at run time)
@@ -136,6 +152,13 @@ def _remove_stale_temporaries(out_dir: str) -> None:
 
 
 def run(cfg: PipelineConfig, overwrite: bool = False) -> RunSummary:
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # A download process is importing the script that called run() without
+        # a main guard; running the pipeline again here would redo the work.
+        raise RuntimeError(
+            "paircurate.run() was called while a worker process imported your script: "
+            "put the call under `if __name__ == \"__main__\":`"
+        )
     cfg.validate_for_run()
     started = time.time()
     out_dir = cfg.output.path
@@ -162,6 +185,7 @@ def run(cfg: PipelineConfig, overwrite: bool = False) -> RunSummary:
 
     if pending_rows:
         runner, options = make_runner(cfg.runner.beam_args)
+        cfg = resolve_download_processes(cfg, runner, options)
         pipeline = beam.Pipeline(runner=runner, options=options)
         build_graph(pipeline, cfg, files, skip_shards=done, progress_dir=progress_dir)
         with ProgressMonitor(progress_dir, total=pending_rows, enabled=cfg.runner.progress):

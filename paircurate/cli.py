@@ -35,6 +35,7 @@ _RUN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--tokenizer", "caption.tokenizer", dict(help="open_clip model whose tokenizer --tokenize uses (default: ViT-B-32)")),
     ("--max-text-tokens", "caption.max_text_tokens", dict(type=int, help="token ids kept per caption, start/end included (default: 77)")),
     ("--threads", "download.threads", dict(type=int, help="concurrent downloads per worker (default: 32)")),
+    ("--download-processes", "download.processes", dict(type=int, help="processes per worker that download and decode (default 0: one per core on the in-process runner, 1 on other runners)")),
     ("--connect-timeout", "download.connect_timeout", dict(type=float, help="seconds to connect (default: 5)")),
     ("--read-timeout", "download.read_timeout", dict(type=float, help="seconds without a byte before giving up (default: 10)")),
     ("--deadline", "download.deadline", dict(type=float, help="seconds for a URL in all, retries included (default: 30)")),

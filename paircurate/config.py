@@ -68,7 +68,11 @@ class CaptionConfig:
 
 @dataclass(frozen=True)
 class DownloadConfig:
-    threads: int = 32
+    threads: int = 32  # concurrent downloads per worker, shared by its processes
+    # Processes per worker that download and decode (each with threads/processes
+    # threads). 0: one per core on the in-process runner, 1 on other runners,
+    # whose workers already run one SDK process per core.
+    processes: int = 0
     connect_timeout: float = 5.0
     read_timeout: float = 10.0
     deadline: float = 30.0  # whole URL: every retry, redirect and byte
@@ -90,6 +94,7 @@ class DownloadConfig:
 
     def __post_init__(self) -> None:
         _check(self.threads >= 1, "download.threads must be >= 1")
+        _check(self.processes >= 0, "download.processes must be >= 0 (0 = one per core on the in-process runner)")
         _check(self.connect_timeout > 0 and self.read_timeout > 0, "download timeouts must be > 0")
         _check(self.deadline > 0, "download.deadline must be > 0")
         _check(self.retries >= 0, "download.retries must be >= 0")

@@ -1,73 +1,28 @@
 """Download stage: fetch, decode, validate and resize images, many URLs at a time.
 
-A thread pool inside the DoFn keeps many requests in flight per worker; the
-decode and resize run in the same threads because Pillow releases the GIL
-while it works on pixels, so both cores stay busy even in one process.
+Batches of records go to ``FetchWorkers``: worker processes with a thread
+pool each, so HTTP and Pillow keep every core busy (or threads in this
+process with ``download.processes = 1``).
 """
 
 from __future__ import annotations
 
-import io
-import logging
-from concurrent.futures import ThreadPoolExecutor
-
 import apache_beam as beam
-from PIL import Image
+from apache_beam.transforms.window import GlobalWindows
 
 from paircurate.config import DownloadConfig, ImageConfig
-from paircurate.filters.decision import Reason, RejectError, Stage
-from paircurate.filters.duplicates import phash
-from paircurate.filters.image import prepare_image
-from paircurate.pipeline.fetch import download_image, make_pool
+from paircurate.filters.decision import Stage
+from paircurate.pipeline.fetch_workers import FetchWorkers, fetch_and_prepare  # noqa: F401 - fetch_and_prepare re-exported
 from paircurate.pipeline.progress import ProgressReporter
-from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs, make_reject
+from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs
 from paircurate.schemas import records as R
 
-log = logging.getLogger(__name__)
 
-
-def fetch_and_prepare(record: dict, download_cfg: DownloadConfig, image_cfg: ImageConfig, pool, with_phash: bool = False) -> dict:
-    """One record through download and image preparation.
-
-    Returns the enriched record, or a reject row (it has a ``reason`` field).
-    """
-    try:
-        fetched = download_image(record[R.URL], download_cfg, pool)
-    except RejectError as err:
-        return make_reject(record, Stage.DOWNLOAD, err.reason, err.detail)
-    except Exception as exc:
-        log.exception("unexpected download failure for %s", record.get(R.URL))
-        return make_reject(record, Stage.DOWNLOAD, Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
-    try:
-        image = prepare_image(fetched.data, image_cfg)
-    except RejectError as err:
-        return make_reject(record, Stage.IMAGE, err.reason, err.detail)
-    except Exception as exc:
-        log.exception("unexpected image failure for %s", record.get(R.URL))
-        return make_reject(record, Stage.IMAGE, Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
-    image_hash = None
-    if with_phash:
-        # Hashed from the stored image, so copies at other resolutions compare alike.
-        with Image.open(io.BytesIO(image.data)) as stored:
-            image_hash = phash(stored.convert("RGB"))
-    out = dict(record)
-    out.update(
-        {
-            R.PHASH: image_hash,
-            R.IMAGE: image.data,
-            R.IMAGE_FORMAT: image.format,
-            R.WIDTH: image.width,
-            R.HEIGHT: image.height,
-            R.ORIGINAL_WIDTH: image.original_width,
-            R.ORIGINAL_HEIGHT: image.original_height,
-            R.SHA256: image.sha256,
-            R.BYTE_SIZE: len(image.data),
-            R.CONTENT_TYPE: fetched.content_type,
-            R.HTTP_STATUS: fetched.status,
-            R.DOWNLOAD_SECONDS: fetched.seconds,
-        }
-    )
-    return out
+def _in_global_window(output):
+    """finish_bundle has no input element to take a window from; this stage runs in the global one."""
+    if isinstance(output, beam.pvalue.TaggedOutput):
+        return beam.pvalue.TaggedOutput(output.tag, _in_global_window(output.value))
+    return GlobalWindows.windowed_value_at_end_of_window(output)  # where BatchElements puts its batches too
 
 
 class _FetchBatchFn(beam.DoFn):
@@ -78,16 +33,31 @@ class _FetchBatchFn(beam.DoFn):
         self._with_phash = with_phash
 
     def setup(self) -> None:
-        self._pool = make_pool(self._download_cfg)
-        self._executor = ThreadPoolExecutor(max_workers=self._download_cfg.threads, thread_name_prefix="fetch")
+        self._workers = FetchWorkers(self._download_cfg, self._image_cfg, self._with_phash, self._download_cfg.processes)
         self._download = StageCounters(Stage.DOWNLOAD)
         self._image = StageCounters(Stage.IMAGE)
         self._progress = ProgressReporter(self._progress_dir)
 
+    def start_bundle(self) -> None:
+        self._in_flight = None
+
     def process(self, batch: list[dict]):
-        results = self._executor.map(
-            lambda r: fetch_and_prepare(r, self._download_cfg, self._image_cfg, self._pool, self._with_phash), batch
-        )
+        # One batch stays in flight: the workers download it while this
+        # thread passes the previous batch's results downstream and the
+        # runner assembles the next batch.
+        pending = self._workers.submit(batch)
+        if self._in_flight is not None:
+            yield from self._emit(self._in_flight.result())
+        self._in_flight = pending
+
+    def finish_bundle(self):
+        if self._in_flight is not None:
+            results, self._in_flight = self._in_flight.result(), None
+            for output in self._emit(results):
+                yield _in_global_window(output)
+        self._progress.flush()
+
+    def _emit(self, results: list[dict]):
         for result in results:
             self._progress.add(1)
             if R.REASON in result:
@@ -98,12 +68,8 @@ class _FetchBatchFn(beam.DoFn):
                 self._image.kept()
                 yield result
 
-    def finish_bundle(self) -> None:
-        self._progress.flush()
-
     def teardown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._pool.clear()
+        self._workers.close()
         self._progress.flush()
 
 

@@ -1,4 +1,4 @@
-"""What every stage shares: its two outputs and how a reject row is made."""
+"""What every stage shares: its two outputs, its counters, and (from the schema) how a reject row is made."""
 
 from __future__ import annotations
 
@@ -8,28 +8,15 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from paircurate.filters.decision import Reason, Stage
-from paircurate.schemas import records as R
+from paircurate.schemas.records import make_reject  # noqa: F401 - re-exported for the stages
 
 REJECTED = "rejected"
 METRICS_NAMESPACE = "paircurate"
-
-# Fields copied from an in-flight record into its reject row.
-_REJECT_KEEP_FIELDS = (R.UID, R.URL, R.CAPTION, R.SOURCE_FILE, R.SOURCE_ROW, R.SHARD, R.CLIP_SCORE, R.EXTRA)
 
 
 class StageOutputs(NamedTuple):
     kept: beam.PCollection
     rejected: beam.PCollection
-
-
-def make_reject(record: dict, stage: Stage, reason: Reason, detail: str = "", **fields) -> dict:
-    """A reject row for ``record``: identity and provenance plus why it left."""
-    row = {k: record.get(k) for k in _REJECT_KEEP_FIELDS}
-    row[R.STAGE] = stage.value
-    row[R.REASON] = reason.value
-    row[R.DETAIL] = detail[:2000]
-    row.update(fields)
-    return row
 
 
 class StageCounters:

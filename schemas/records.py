@@ -156,3 +156,20 @@ def _column_value(record: dict, name: str):
 
 class SchemaMismatch(ValueError):
     """A record does not fit the declared schema."""
+
+
+# Fields copied from an in-flight record into its reject row.
+_REJECT_KEEP_FIELDS = (UID, URL, CAPTION, SOURCE_FILE, SOURCE_ROW, SHARD, CLIP_SCORE, EXTRA)
+
+
+def make_reject(record: dict, stage, reason, detail: str = "", **fields) -> dict:
+    """A reject row for ``record``: identity and provenance plus why it left.
+
+    ``stage`` and ``reason`` are ``filters.decision.Stage`` / ``Reason`` members.
+    """
+    row = {k: record.get(k) for k in _REJECT_KEEP_FIELDS}
+    row[STAGE] = stage.value
+    row[REASON] = reason.value
+    row[DETAIL] = detail[:2000]
+    row.update(fields)
+    return row

@@ -105,17 +105,24 @@ def test_clean_captions_transform_routes_rejects():
 
 def test_a_retried_bundle_rewrites_identical_files_and_duplicates_nothing(tmp_path):
     """Beam may run a bundle twice: spooling and writing the same shard again must be a no-op."""
-    from paircurate.pipeline.spool import spool_image
+    from paircurate.pipeline.spool import ImageSpool, load_image
 
-    records = [spool_image(sample(i), str(tmp_path)) for i in range(3)]
-    again = [spool_image(sample(i), str(tmp_path)) for i in range(3)]  # the retried bundle
-    assert [r[R.IMAGE_SPOOL] for r in records] == [r[R.IMAGE_SPOOL] for r in again]
+    def spool_bundle():
+        spool = ImageSpool(str(tmp_path))
+        spooled = [spool.put(sample(i)) for i in range(3)]
+        spool.close()
+        return spooled
+
+    records = spool_bundle()
+    again = spool_bundle()  # the retried bundle: its own file, the first attempt's bytes untouched
+    assert [load_image(r) for r in records] == [load_image(r) for r in again] == [sample(i)[R.IMAGE] for i in range(3)]
+    assert records[0][R.IMAGE_SPOOL][0] != again[0][R.IMAGE_SPOOL][0]
 
     writer = ShardWriter(str(tmp_path), save_cols=("license",))
     # A first attempt that died before its completion marker: the retry redoes it all.
     writer.write(3, records, [reject(5)])
     os.remove(tmp_path / "00003_stats.json")
-    records = [spool_image(sample(i), str(tmp_path)) for i in range(3)]
+    records = spool_bundle()
     stats = writer.write(3, records, [reject(5)])
     first = {name: (tmp_path / name).read_bytes() for name in ("00003.tar", "00003.parquet", "00003_stats.json")}
     # A retry after the shard completed (its spool is gone by then) is a no-op.
@@ -125,3 +132,17 @@ def test_a_retried_bundle_rewrites_identical_files_and_duplicates_nothing(tmp_pa
     keys = [s["__key__"] for s in wds.WebDataset(str(tmp_path / "00003.tar"), shardshuffle=False)]
     assert keys == sorted(set(keys)) and len(keys) == 3
     assert not [n for n in os.listdir(tmp_path) if ".tmp" in n]
+
+
+def test_spool_files_closed_for_the_fd_limit_reopen_for_append(tmp_path, monkeypatch):
+    from paircurate.pipeline import spool as spool_module
+
+    monkeypatch.setattr(spool_module, "_MAX_OPEN_FILES", 2)
+    spool = spool_module.ImageSpool(str(tmp_path))
+    # Shards 0, 1, 2 and back to 0: shard 0's file is closed in between and appended to again.
+    records = [spool.put(sample(i, **{R.SHARD: shard})) for i, shard in enumerate([0, 1, 0, 2, 1, 0, 3, 0])]
+    spool.close()
+    assert [spool_module.load_image(r) for r in records] == [sample(i)[R.IMAGE] for i in range(8)]
+    assert all(R.IMAGE not in r for r in records)
+    assert sorted(os.listdir(tmp_path / spool_module.SPOOL_DIR)) == ["00000", "00001", "00002", "00003"]
+    assert len(os.listdir(tmp_path / spool_module.SPOOL_DIR / "00000")) == 1
