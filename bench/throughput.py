@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 
+import psutil
+
 from paircurate.loopback import LoopbackServer
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "imagenet-sample-250")
@@ -72,21 +74,33 @@ def time_run(url_list: str, out_dir: str, extra: list[str]) -> tuple[float, int]
     return elapsed, stages["image"]["out"]
 
 
-def peak_rss_mib(url_list: str, out_dir: str, extra: list[str]) -> float:
-    """Peak RSS of one `paircurate run` process, measured in a fresh interpreter.
+def peak_memory_mib(url_list: str, out_dir: str, extra: list[str], interval: float = 0.1) -> tuple[float, float]:
+    """Peak memory of one `paircurate run`: (RSS of the main process, PSS of its whole process tree).
 
-    ru_maxrss of RUSAGE_CHILDREN is the peak of the largest child that has
-    ended, so each measurement gets its own interpreter with one child.
+    The download processes are children of a fork server, so the main
+    process's own RSS misses them; the tree's PSS counts every process and
+    shares the pages they have in common instead of counting them per process.
     """
     shutil.rmtree(out_dir, ignore_errors=True)
-    probe = (
-        "import resource, subprocess, sys; "
-        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-    )
-    cmd = paircurate_command(url_list, out_dir, extra)
-    out = subprocess.run([sys.executable, "-c", probe, *cmd], check=True, capture_output=True, text=True).stdout
-    return int(out.strip().splitlines()[-1]) / 1024
+    proc = subprocess.Popen(paircurate_command(url_list, out_dir, extra), stdout=subprocess.DEVNULL)
+    main_proc = psutil.Process(proc.pid)
+    peak_main = peak_tree = 0
+    while proc.poll() is None:
+        try:
+            peak_main = max(peak_main, main_proc.memory_info().rss)
+            tree = 0
+            for p in [main_proc, *main_proc.children(recursive=True)]:
+                try:
+                    tree += p.memory_full_info().pss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            peak_tree = max(peak_tree, tree)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(interval)
+    if proc.wait() != 0:
+        raise SystemExit(f"paircurate run failed with exit code {proc.returncode}")
+    return peak_main / 2**20, peak_tree / 2**20
 
 
 def main() -> None:
@@ -94,7 +108,7 @@ def main() -> None:
     parser.add_argument("--urls", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--data", default=DEFAULT_DATA)
-    parser.add_argument("--rss", type=int, nargs="*", default=[], metavar="N", help="also report peak RSS at these list sizes")
+    parser.add_argument("--rss", type=int, nargs="*", default=[], metavar="N", help="also report peak memory (main RSS, process tree PSS) at these list sizes")
     parser.add_argument("extra", nargs="*", help="extra `paircurate run` arguments (after --)")
     args = parser.parse_args()
 
@@ -115,7 +129,8 @@ def main() -> None:
         for n in args.rss:
             rss_list = os.path.join(tmp, f"urls_{n}.csv")
             write_url_list(server, photos, n, rss_list)
-            print(f"peak RSS at {n} URLs: {peak_rss_mib(rss_list, os.path.join(tmp, 'rss_out'), args.extra):.0f} MiB", flush=True)
+            main_mib, tree_mib = peak_memory_mib(rss_list, os.path.join(tmp, "rss_out"), args.extra)
+            print(f"peak memory at {n} URLs: main process RSS {main_mib:.0f} MiB, process tree PSS {tree_mib:.0f} MiB", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import dataclasses
+import multiprocessing
 import os
 import shutil
 import time

@@ -1,8 +1,8 @@
 """The pipeline graph: the only place that orders the stages.
 
-    read -> captions -> download (+decode/resize) -> [clip score] -> spool images -> write shards
-       \________\______________\___________________\___ rejects ______/      /
-                                                       dedup -> removals ___/
+    read -> captions -> download (+decode/resize) -> [clip score] -> spool samples -> write shards
+       \________\______________\___________________\___ rejects ______________/      /
+                                                      \__ dedup -> removals ______/
 
 Every stage returns ``StageOutputs(kept, rejected)``; rejects of all stages are
 flattened and written next to the kept samples of their shard, so each input
@@ -19,7 +19,7 @@ from paircurate.pipeline.captions import CleanCaptions
 from paircurate.pipeline.dedup import FindDuplicates
 from paircurate.pipeline.download import DownloadImages
 from paircurate.pipeline.read import InputFile, ReadPairs
-from paircurate.pipeline.spool import SpoolImages
+from paircurate.pipeline.spool import SpoolSamples
 from paircurate.pipeline.write import WriteShards
 
 
@@ -44,8 +44,9 @@ def build_graph(
         kept = scored.kept
         rejected.append(scored.rejected)
 
-    # From here on only small records travel; image bytes wait on disk.
-    kept = kept | "SpoolImages" >> SpoolImages(cfg.output.path)
+    # Two branches of the same fused stage: dedup takes a few key fields, the
+    # spool parks whole samples on disk; only keys and pointers get shuffled.
     removals = kept | "Dedup" >> FindDuplicates(cfg.dedup, cfg.image, semantic=cfg.clip.enabled)
+    pointers = kept | "Spool" >> SpoolSamples(cfg.output.path)
     all_rejected = rejected | "AllRejects" >> beam.Flatten()
-    return (kept, all_rejected, removals) | "Write" >> WriteShards(cfg.output.path, cfg.input.save_cols)
+    return (pointers, all_rejected, removals) | "Write" >> WriteShards(cfg.output.path, cfg.input.save_cols)

@@ -1,12 +1,14 @@
-"""Park image bytes on disk between the download and the shard writer.
+"""Park finished samples on disk between the last per-record stage and the shard writer.
 
 Grouping samples by shard is a shuffle: on the in-process runner it holds
-every grouped element in memory, on a cluster it moves them over the network.
-Only small records (metadata, embeddings) need to take that path; the encoded
-image waits on disk and the writer streams it into the tar.
+every grouped element in memory until the writer runs, on a cluster it moves
+them over the network. So only a pointer takes that path (uid, shard, input
+row and where the sample waits: ~150 bytes); the whole sample, metadata,
+embeddings and image bytes, waits on disk and the writer streams it back one
+at a time. Memory then does not grow with the input (bench/README.md).
 
 Each spooling DoFn appends to its own files, one per shard it sees, under
-``OUT/_spool/<shard>/``, and a record carries ``(file, offset, length)``.
+``OUT/_spool/<shard>/``, and a pointer carries ``(file, offset, length)``.
 Appending instead of a file per image matters: creating a file costs
 0.1-1 ms on common filesystems (measured on this project's machine), as much
 as decoding the image. A retried bundle appends to a file of its own, so what
@@ -17,6 +19,7 @@ writer removes a shard's spool folder once the shard is complete.
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import uuid
 from collections import OrderedDict
@@ -33,12 +36,17 @@ def shard_spool_dir(out_dir: str, shard: int) -> str:
     return os.path.join(out_dir, SPOOL_DIR, f"{shard:05d}")
 
 
-class ImageSpool:
-    """Appends image bytes to per-shard files that only this instance writes.
+# What travels through the shuffle to the writer: enough to group, order and match dedup removals.
+POINTER_FIELDS = (R.UID, R.SHARD, R.SOURCE_FILE, R.SOURCE_ROW)
 
-        spool = ImageSpool(out_dir)
-        record = spool.put(record)      # the record without its bytes, with R.IMAGE_SPOOL
+
+class SampleSpool:
+    """Appends whole samples to per-shard files that only this instance writes.
+
+        spool = SampleSpool(out_dir)
+        pointer = spool.put(sample)     # POINTER_FIELDS + R.SPOOL: (file, offset, length)
         spool.close()                   # before anyone reads: flushes every file
+        load_sample(pointer) == sample
     """
 
     def __init__(self, out_dir: str) -> None:
@@ -50,12 +58,12 @@ class ImageSpool:
         shard = record[R.SHARD]
         fh = self._files.pop(shard, None) or self._open(shard)
         self._files[shard] = fh  # most recently used last
-        data = record[R.IMAGE]
-        location = (fh.name, fh.tell(), len(data))
+        # Pickle: the writer reads back the very dict (bytes, arrays, None) it would have received.
+        data = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+        pointer = {k: record[k] for k in POINTER_FIELDS}
+        pointer[R.SPOOL] = (fh.name, fh.tell(), len(data))
         fh.write(data)
-        out = {k: v for k, v in record.items() if k != R.IMAGE}
-        out[R.IMAGE_SPOOL] = location
-        return out
+        return pointer
 
     def _open(self, shard: int):
         if len(self._files) >= _MAX_OPEN_FILES:
@@ -70,16 +78,17 @@ class ImageSpool:
             self._files.popitem()[1].close()
 
 
-def load_image(record: dict) -> bytes:
-    if record.get(R.IMAGE) is not None:
-        return record[R.IMAGE]
-    path, offset, length = record[R.IMAGE_SPOOL]
+def load_sample(pointer: dict) -> dict:
+    """The sample a pointer stands for (a record that is not a pointer is returned as is)."""
+    if R.SPOOL not in pointer:
+        return pointer
+    path, offset, length = pointer[R.SPOOL]
     with open(path, "rb") as fh:
         fh.seek(offset)
         data = fh.read(length)
     if len(data) != length:
-        raise OSError(f"{path}: spooled image of {record.get(R.UID)} is truncated ({len(data)} of {length} bytes)")
-    return data
+        raise OSError(f"{path}: spooled sample {pointer.get(R.UID)} is truncated ({len(data)} of {length} bytes)")
+    return pickle.loads(data)  # noqa: S301 - our own file, written by this run
 
 
 def remove_shard_spool(out_dir: str, shard: int) -> None:
@@ -91,7 +100,7 @@ class _SpoolFn(beam.DoFn):
         self._out = out_dir
 
     def start_bundle(self) -> None:
-        self._spool = ImageSpool(self._out)
+        self._spool = SampleSpool(self._out)
 
     def process(self, record: dict):
         yield self._spool.put(record)
@@ -102,8 +111,8 @@ class _SpoolFn(beam.DoFn):
         self._spool.close()
 
 
-class SpoolImages(beam.PTransform):
-    """Records with image bytes -> records pointing at spooled bytes."""
+class SpoolSamples(beam.PTransform):
+    """Finished samples -> pointers to where they wait on disk."""
 
     def __init__(self, out_dir: str) -> None:
         super().__init__()

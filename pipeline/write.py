@@ -21,6 +21,7 @@ tests read every shard back with webdataset.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -34,7 +35,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from paircurate.filters.decision import Reason, Stage
-from paircurate.pipeline.spool import load_image, remove_shard_spool
+from paircurate.pipeline.spool import load_sample, remove_shard_spool
 from paircurate.pipeline.stage import METRICS_NAMESPACE, StageCounters, make_reject
 from paircurate.schemas import records as R
 
@@ -42,7 +43,8 @@ STATS_SUFFIX = "_stats.json"
 REJECTED_DIR = "rejected"
 _TAR_MTIME = 0.0  # fixed so identical shards are byte-identical across runs
 # In-flight fields that go into their own files, not into Parquet or json.
-_BULK_FIELDS = (R.IMAGE, R.IMAGE_SPOOL, R.IMAGE_EMBEDDING, R.TEXT_EMBEDDING, R.EXTRA)
+_BULK_FIELDS = (R.IMAGE, R.SPOOL, R.IMAGE_EMBEDDING, R.TEXT_EMBEDDING, R.EXTRA)
+_ROW_GROUP = 1024  # Parquet rows buffered before they are written
 # Timings differ from run to run; they stay in the Parquet but out of the tar,
 # so the same input gives byte-identical shards.
 _TAR_EXCLUDED = _BULK_FIELDS + (R.DOWNLOAD_SECONDS, R.CAPTION_TOKENS)
@@ -63,11 +65,13 @@ def completed_shards(out_dir: str) -> frozenset[int]:
     return frozenset(done)
 
 
-def _atomic_write(path: str, write) -> None:
+@contextlib.contextmanager
+def _atomic_file(path: str):
+    """A file handle whose content appears at ``path`` only if the block completes."""
     tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
     try:
         with open(tmp, "wb") as fh:
-            write(fh)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -75,6 +79,11 @@ def _atomic_write(path: str, write) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _atomic_write(path: str, write) -> None:
+    with _atomic_file(path) as fh:
+        write(fh)
 
 
 def _json_safe(value):
@@ -102,9 +111,14 @@ class ShardWriter:
     def write(self, shard: int, samples: Iterable[dict], rejects: Iterable[dict], removals: Iterable[dict] = ()) -> dict:
         """Write the shard; ``removals`` (from dedup) turn kept samples into reject rows.
 
+        ``samples`` may be spool pointers (``spool.SampleSpool``) or whole
+        samples. They are read back one at a time and streamed into the tar,
+        the Parquet (row groups of ``_ROW_GROUP`` rows) and the embedding
+        files, so a shard's images and metadata are never all in memory.
+
         A shard whose stats file exists is complete: a retried bundle (or a
         second writer) returns its stats instead of writing it again, which
-        also matters because completion removes the shard's spooled images.
+        also matters because completion removes the shard's spooled samples.
         """
         marker = os.path.join(self._out, f"{shard_name(shard)}{STATS_SUFFIX}")
         if os.path.exists(marker):
@@ -112,19 +126,41 @@ class ShardWriter:
                 return json.load(fh)
         order = lambda r: (r[R.SOURCE_FILE], r[R.SOURCE_ROW])  # noqa: E731 - deterministic order in every run
         removed = {r[R.UID]: r for r in removals}
-        rejects = list(rejects) + [_removal_reject(s, removed[s[R.UID]]) for s in samples if s[R.UID] in removed]
-        samples = sorted((s for s in samples if s[R.UID] not in removed), key=order)
-        rejects = sorted(rejects, key=order)
+        pointers = sorted(samples, key=order)
+        rejects = list(rejects)
         name = shard_name(shard)
         os.makedirs(os.path.join(self._out, REJECTED_DIR), exist_ok=True)
 
-        tar_bytes = self._write_tar(os.path.join(self._out, f"{name}.tar"), samples)
-        table = R.to_table(samples, self._sample_schema)
-        _atomic_write(os.path.join(self._out, f"{name}.parquet"), lambda fh: pq.write_table(table, fh))
-        if samples and samples[0].get(R.IMAGE_EMBEDDING) is not None:
-            for field, suffix in ((R.IMAGE_EMBEDDING, "img"), (R.TEXT_EMBEDDING, "txt")):
-                matrix = np.stack([np.asarray(s[field], dtype=np.float16) for s in samples])
+        kept = image_bytes = 0
+        embeddings: dict[str, list[np.ndarray]] = {R.IMAGE_EMBEDDING: [], R.TEXT_EMBEDDING: []}
+        with _atomic_file(os.path.join(self._out, f"{name}.tar")) as tar_fh, _atomic_file(os.path.join(self._out, f"{name}.parquet")) as pq_fh:
+            with tarfile.open(fileobj=tar_fh, mode="w|", format=tarfile.PAX_FORMAT) as tar, pq.ParquetWriter(pq_fh, self._sample_schema) as parquet:
+                rows: list[dict] = []
+                for pointer in pointers:
+                    sample = load_sample(pointer)
+                    if sample[R.UID] in removed:
+                        rejects.append(_removal_reject(sample, removed[sample[R.UID]]))
+                        continue
+                    _add_sample(tar, sample)
+                    kept += 1
+                    image_bytes += sample.get(R.BYTE_SIZE) or 0
+                    for field, matrix in embeddings.items():
+                        if sample.get(field) is not None:
+                            matrix.append(np.asarray(sample[field], dtype=np.float16))
+                    rows.append({k: v for k, v in sample.items() if k not in (R.IMAGE, R.IMAGE_EMBEDDING, R.TEXT_EMBEDDING)})
+                    if len(rows) == _ROW_GROUP:
+                        parquet.write_table(R.to_table(rows, self._sample_schema))
+                        rows = []
+                if rows or not kept:
+                    parquet.write_table(R.to_table(rows, self._sample_schema))
+            tar_bytes = tar_fh.tell()
+        for field, suffix in ((R.IMAGE_EMBEDDING, "img"), (R.TEXT_EMBEDDING, "txt")):
+            if embeddings[field]:
+                if len(embeddings[field]) != kept:
+                    raise ValueError(f"shard {shard}: {len(embeddings[field])} of {kept} samples have {field}")
+                matrix = np.stack(embeddings[field])
                 _atomic_write(os.path.join(self._out, f"{name}.{suffix}.npy"), lambda fh, m=matrix: np.save(fh, m))
+        rejects.sort(key=order)
         reject_table = R.to_table(rejects, self._reject_schema)
         _atomic_write(os.path.join(self._out, REJECTED_DIR, f"{name}.parquet"), lambda fh: pq.write_table(reject_table, fh))
 
@@ -133,11 +169,11 @@ class ShardWriter:
             by_stage[r[R.STAGE]][r[R.REASON]] += 1
         stats = {
             "shard": shard,
-            "input_rows": len(samples) + len(rejects),
-            "kept": len(samples),
+            "input_rows": kept + len(rejects),
+            "kept": kept,
             "rejected": {stage: dict(sorted(c.items())) for stage, c in sorted(by_stage.items())},
             "tar_bytes": tar_bytes,
-            "image_bytes": sum(s[R.BYTE_SIZE] or 0 for s in samples),
+            "image_bytes": image_bytes,
         }
         # Last: the stats file is the completion marker a re-run looks for.
         payload = json.dumps(stats, indent=2, sort_keys=True).encode()
@@ -145,29 +181,20 @@ class ShardWriter:
         remove_shard_spool(self._out, shard)
         return stats
 
-    def _write_tar(self, path: str, samples: list[dict]) -> int:
-        size = 0
 
-        def write(fh):
-            nonlocal size
-            with tarfile.open(fileobj=fh, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                for s in samples:
-                    meta = {k: _json_safe(v) for k, v in s.items() if k not in _TAR_EXCLUDED}
-                    meta.update({k: v for k, v in (s.get(R.EXTRA) or {}).items()})
-                    # WebDataset's layout: members named {key}.{ext}, grouped by key, in key order.
-                    members = {
-                        s[R.IMAGE_FORMAT]: load_image(s),
-                        "json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8"),
-                        "txt": (s.get(R.CAPTION) or "").encode("utf-8"),
-                    }
-                    if s.get(R.CAPTION_TOKENS) is not None:
-                        members["tokens"] = json.dumps(list(s[R.CAPTION_TOKENS])).encode("ascii")
-                    for ext in sorted(members):
-                        _add_member(tar, f"{s[R.UID]}.{ext}", members[ext])
-            size = fh.tell()
-
-        _atomic_write(path, write)
-        return size
+def _add_sample(tar: tarfile.TarFile, sample: dict) -> None:
+    meta = {k: _json_safe(v) for k, v in sample.items() if k not in _TAR_EXCLUDED}
+    meta.update({k: v for k, v in (sample.get(R.EXTRA) or {}).items()})
+    # WebDataset's layout: members named {key}.{ext}, grouped by key, in key order.
+    members = {
+        sample[R.IMAGE_FORMAT]: sample[R.IMAGE],
+        "json": json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8"),
+        "txt": (sample.get(R.CAPTION) or "").encode("utf-8"),
+    }
+    if sample.get(R.CAPTION_TOKENS) is not None:
+        members["tokens"] = json.dumps(list(sample[R.CAPTION_TOKENS])).encode("ascii")
+    for ext in sorted(members):
+        _add_member(tar, f"{sample[R.UID]}.{ext}", members[ext])
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -87,10 +87,30 @@ def test_a_failed_write_leaves_neither_file_nor_temporary(tmp_path, monkeypatch)
     monkeypatch.setattr(W.pq, "write_table", boom)
     with pytest.raises(OSError, match="disk full"):
         ShardWriter(str(tmp_path)).write(0, [sample(1)], [])
-    # The tar was complete before the Parquet failed; the Parquet left no temporary
-    # behind, and without its stats marker the shard counts as unfinished.
-    assert sorted(os.listdir(tmp_path)) == ["00000.tar", W.REJECTED_DIR]
+    # The tar and Parquet were complete before the reject Parquet failed; that one
+    # left no temporary behind, and without its stats marker the shard counts as unfinished.
+    assert sorted(os.listdir(tmp_path)) == ["00000.parquet", "00000.tar", W.REJECTED_DIR]
+    assert os.listdir(tmp_path / W.REJECTED_DIR) == []
     assert completed_shards(str(tmp_path)) == frozenset()
+
+
+def test_a_failure_while_streaming_samples_leaves_no_tar_or_parquet(tmp_path):
+    broken = {k: v for k, v in sample(2).items() if k != R.IMAGE_FORMAT}  # the tar member cannot be named
+    with pytest.raises(KeyError):
+        ShardWriter(str(tmp_path)).write(0, [sample(1), broken], [])
+    # Tar and Parquet are written together; neither appears, nor a temporary.
+    assert sorted(os.listdir(tmp_path)) == [W.REJECTED_DIR]
+    assert completed_shards(str(tmp_path)) == frozenset()
+
+
+def test_parquet_is_streamed_in_row_groups_with_the_declared_schema(tmp_path, monkeypatch):
+    monkeypatch.setattr(W, "_ROW_GROUP", 2)
+    stats = ShardWriter(str(tmp_path), save_cols=("license",)).write(3, [sample(i) for i in (4, 0, 3, 1, 2)], [])
+    parquet = pq.ParquetFile(tmp_path / "00003.parquet")
+    assert parquet.metadata.num_row_groups == 3 and stats["kept"] == 5
+    assert parquet.schema_arrow.equals(R.sample_schema(("license",)))
+    assert parquet.schema_arrow.metadata[R.SCHEMA_VERSION_KEY] == R.SCHEMA_VERSION.encode()
+    assert parquet.read().column(R.SOURCE_ROW).to_pylist() == [0, 1, 2, 3, 4]
 
 
 def test_clean_captions_transform_routes_rejects():
@@ -105,18 +125,19 @@ def test_clean_captions_transform_routes_rejects():
 
 def test_a_retried_bundle_rewrites_identical_files_and_duplicates_nothing(tmp_path):
     """Beam may run a bundle twice: spooling and writing the same shard again must be a no-op."""
-    from paircurate.pipeline.spool import ImageSpool, load_image
+    from paircurate.pipeline.spool import POINTER_FIELDS, SampleSpool, load_sample
 
     def spool_bundle():
-        spool = ImageSpool(str(tmp_path))
+        spool = SampleSpool(str(tmp_path))
         spooled = [spool.put(sample(i)) for i in range(3)]
         spool.close()
         return spooled
 
     records = spool_bundle()
     again = spool_bundle()  # the retried bundle: its own file, the first attempt's bytes untouched
-    assert [load_image(r) for r in records] == [load_image(r) for r in again] == [sample(i)[R.IMAGE] for i in range(3)]
-    assert records[0][R.IMAGE_SPOOL][0] != again[0][R.IMAGE_SPOOL][0]
+    assert [load_sample(r) for r in records] == [load_sample(r) for r in again] == [sample(i) for i in range(3)]
+    assert records[0][R.SPOOL][0] != again[0][R.SPOOL][0]
+    assert set(records[0]) == set(POINTER_FIELDS) | {R.SPOOL}  # only the pointer is shuffled
 
     writer = ShardWriter(str(tmp_path), save_cols=("license",))
     # A first attempt that died before its completion marker: the retry redoes it all.
@@ -138,11 +159,11 @@ def test_spool_files_closed_for_the_fd_limit_reopen_for_append(tmp_path, monkeyp
     from paircurate.pipeline import spool as spool_module
 
     monkeypatch.setattr(spool_module, "_MAX_OPEN_FILES", 2)
-    spool = spool_module.ImageSpool(str(tmp_path))
+    spool = spool_module.SampleSpool(str(tmp_path))
     # Shards 0, 1, 2 and back to 0: shard 0's file is closed in between and appended to again.
     records = [spool.put(sample(i, **{R.SHARD: shard})) for i, shard in enumerate([0, 1, 0, 2, 1, 0, 3, 0])]
     spool.close()
-    assert [spool_module.load_image(r) for r in records] == [sample(i)[R.IMAGE] for i in range(8)]
+    assert [spool_module.load_sample(r)[R.IMAGE] for r in records] == [sample(i)[R.IMAGE] for i in range(8)]
     assert all(R.IMAGE not in r for r in records)
     assert sorted(os.listdir(tmp_path / spool_module.SPOOL_DIR)) == ["00000", "00001", "00002", "00003"]
     assert len(os.listdir(tmp_path / spool_module.SPOOL_DIR / "00000")) == 1
