@@ -7,6 +7,8 @@ start-up, download, decode, resize, encode and shard writing.
 
     python bench/throughput.py --urls 2000 --runs 3
     python bench/throughput.py --urls 2000 --runs 3 -- --direct_running_mode multi_processing --direct_num_workers 2
+    python bench/throughput.py --urls 2000 --runs 1 -- --clip --clip-model paircurate-tiny --clip-pretrained paircurate-tiny
+    python bench/throughput.py --urls 250 --runs 1 --random-clip ViT-B-32 -- --clip-threshold 0
 """
 
 from __future__ import annotations
@@ -103,16 +105,33 @@ def peak_memory_mib(url_list: str, out_dir: str, extra: list[str], interval: flo
     return peak_main / 2**20, peak_tree / 2**20
 
 
+def random_checkpoint(model_name: str, folder: str) -> str:
+    """A randomly initialised open_clip checkpoint file, loaded by the run like any checkpoint path."""
+    import open_clip
+    import torch
+
+    path = os.path.join(folder, f"{model_name}-random.pt")
+    torch.save(open_clip.create_model(model_name, pretrained=None).state_dict(), path)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--urls", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--rss", type=int, nargs="*", default=[], metavar="N", help="also report peak memory (main RSS, process tree PSS) at these list sizes")
+    parser.add_argument(
+        "--random-clip", metavar="MODEL",
+        help="score with CLIP MODEL (e.g. ViT-B-32) from a randomly initialised checkpoint written for the run: "
+        "the speed of the real weights, no download",
+    )
     parser.add_argument("extra", nargs="*", help="extra `paircurate run` arguments (after --)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp, LoopbackServer() as server:
+        if args.random_clip:
+            args.extra = [*args.extra, "--clip", "--clip-model", args.random_clip, "--clip-pretrained", random_checkpoint(args.random_clip, tmp)]
         photos = serve_photos(server, args.data)
         url_list = os.path.join(tmp, "urls.csv")
         write_url_list(server, photos, args.urls, url_list)

@@ -41,7 +41,7 @@ from paircurate.schemas import records as R
 
 STATS_SUFFIX = "_stats.json"
 REJECTED_DIR = "rejected"
-_TAR_MTIME = 0.0  # fixed so identical shards are byte-identical across runs
+_TAR_MTIME = 0  # fixed so identical shards are byte-identical across runs; an int, or every member gets a PAX header
 # In-flight fields that go into their own files, not into Parquet or json.
 _BULK_FIELDS = (R.IMAGE, R.SPOOL, R.IMAGE_EMBEDDING, R.TEXT_EMBEDDING, R.EXTRA)
 _ROW_GROUP = 1024  # Parquet rows buffered before they are written
