@@ -2,8 +2,8 @@
 
 Grouping samples by shard is a shuffle: on the in-process runner it holds
 every grouped element in memory until the writer runs, on a cluster it moves
-them over the network. So only a pointer takes that path (uid, shard, input
-row and where the sample waits: ~150 bytes); the whole sample, metadata,
+them over the network. So only a pointer takes that path (input row, uid and
+where the sample waits, as a plain tuple); the whole sample, metadata,
 embeddings and image bytes, waits on disk and the writer streams it back one
 at a time. Memory then does not grow with the input (bench/README.md).
 
@@ -36,17 +36,17 @@ def shard_spool_dir(out_dir: str, shard: int) -> str:
     return os.path.join(out_dir, SPOOL_DIR, f"{shard:05d}")
 
 
-# What travels through the shuffle to the writer: enough to group, order and match dedup removals.
-POINTER_FIELDS = (R.UID, R.SHARD, R.SOURCE_FILE, R.SOURCE_ROW)
-
-
 class SampleSpool:
     """Appends whole samples to per-shard files that only this instance writes.
 
         spool = SampleSpool(out_dir)
-        pointer = spool.put(sample)     # POINTER_FIELDS + R.SPOOL: (file, offset, length)
+        pointer = spool.put(sample)     # (source_file, source_row, uid, file, offset, length)
         spool.close()                   # before anyone reads: flushes every file
         load_sample(pointer) == sample
+
+    A pointer is a plain tuple, not a dict: the in-process runner holds every
+    shuffled pointer as a Python object until its shard is written, and a
+    dict with its field names costs about twice as much.
     """
 
     def __init__(self, out_dir: str) -> None:
@@ -60,8 +60,7 @@ class SampleSpool:
         self._files[shard] = fh  # most recently used last
         # Pickle: the writer reads back the very dict (bytes, arrays, None) it would have received.
         data = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
-        pointer = {k: record[k] for k in POINTER_FIELDS}
-        pointer[R.SPOOL] = (fh.name, fh.tell(), len(data))
+        pointer = (record[R.SOURCE_FILE], record[R.SOURCE_ROW], record[R.UID], fh.name, fh.tell(), len(data))
         fh.write(data)
         return pointer
 
@@ -78,16 +77,25 @@ class SampleSpool:
             self._files.popitem()[1].close()
 
 
-def load_sample(pointer: dict) -> dict:
-    """The sample a pointer stands for (a record that is not a pointer is returned as is)."""
-    if R.SPOOL not in pointer:
-        return pointer
-    path, offset, length = pointer[R.SPOOL]
+def is_pointer(item) -> bool:
+    return isinstance(item, tuple)
+
+
+def input_position(item) -> tuple[str, int]:
+    """(source file, source row) of a pointer or a sample: the order samples are written in."""
+    return (item[0], item[1]) if is_pointer(item) else (item[R.SOURCE_FILE], item[R.SOURCE_ROW])
+
+
+def load_sample(item) -> dict:
+    """The sample a pointer stands for (a sample dict is returned as is)."""
+    if not is_pointer(item):
+        return item
+    _, _, uid, path, offset, length = item
     with open(path, "rb") as fh:
         fh.seek(offset)
         data = fh.read(length)
     if len(data) != length:
-        raise OSError(f"{path}: spooled sample {pointer.get(R.UID)} is truncated ({len(data)} of {length} bytes)")
+        raise OSError(f"{path}: spooled sample {uid} is truncated ({len(data)} of {length} bytes)")
     return pickle.loads(data)  # noqa: S301 - our own file, written by this run
 
 
@@ -103,7 +111,7 @@ class _SpoolFn(beam.DoFn):
         self._spool = SampleSpool(self._out)
 
     def process(self, record: dict):
-        yield self._spool.put(record)
+        yield record[R.SHARD], self._spool.put(record)
 
     def finish_bundle(self) -> None:
         # The bundle's outputs count only once it finishes, and the writer runs
@@ -112,7 +120,7 @@ class _SpoolFn(beam.DoFn):
 
 
 class SpoolSamples(beam.PTransform):
-    """Finished samples -> pointers to where they wait on disk."""
+    """Finished samples -> (shard, pointer to where the sample waits on disk)."""
 
     def __init__(self, out_dir: str) -> None:
         super().__init__()

@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from paircurate.filters.decision import Reason, Stage
-from paircurate.pipeline.spool import load_sample, remove_shard_spool
+from paircurate.pipeline.spool import input_position, load_sample, remove_shard_spool
 from paircurate.pipeline.stage import METRICS_NAMESPACE, StageCounters, make_reject
 from paircurate.schemas import records as R
 
@@ -43,7 +43,7 @@ STATS_SUFFIX = "_stats.json"
 REJECTED_DIR = "rejected"
 _TAR_MTIME = 0  # fixed so identical shards are byte-identical across runs; an int, or every member gets a PAX header
 # In-flight fields that go into their own files, not into Parquet or json.
-_BULK_FIELDS = (R.IMAGE, R.SPOOL, R.IMAGE_EMBEDDING, R.TEXT_EMBEDDING, R.EXTRA)
+_BULK_FIELDS = (R.IMAGE, R.IMAGE_EMBEDDING, R.TEXT_EMBEDDING, R.EXTRA)
 _ROW_GROUP = 1024  # Parquet rows buffered before they are written
 # Timings differ from run to run; they stay in the Parquet but out of the tar,
 # so the same input gives byte-identical shards.
@@ -124,9 +124,8 @@ class ShardWriter:
         if os.path.exists(marker):
             with open(marker) as fh:
                 return json.load(fh)
-        order = lambda r: (r[R.SOURCE_FILE], r[R.SOURCE_ROW])  # noqa: E731 - deterministic order in every run
         removed = {r[R.UID]: r for r in removals}
-        pointers = sorted(samples, key=order)
+        pointers = sorted(samples, key=input_position)  # the same order in every run
         rejects = list(rejects)
         name = shard_name(shard)
         os.makedirs(os.path.join(self._out, REJECTED_DIR), exist_ok=True)
@@ -160,7 +159,7 @@ class ShardWriter:
                     raise ValueError(f"shard {shard}: {len(embeddings[field])} of {kept} samples have {field}")
                 matrix = np.stack(embeddings[field])
                 _atomic_write(os.path.join(self._out, f"{name}.{suffix}.npy"), lambda fh, m=matrix: np.save(fh, m))
-        rejects.sort(key=order)
+        rejects.sort(key=input_position)
         reject_table = R.to_table(rejects, self._reject_schema)
         _atomic_write(os.path.join(self._out, REJECTED_DIR, f"{name}.parquet"), lambda fh: pq.write_table(reject_table, fh))
 
@@ -234,7 +233,7 @@ class _WriteShardFn(beam.DoFn):
 
 
 class WriteShards(beam.PTransform):
-    """(kept samples, rejects, dedup removals) -> files per shard; outputs each shard's stats dict."""
+    """((shard, kept sample pointer), rejects, dedup removals) -> files per shard; outputs each shard's stats dict."""
 
     def __init__(self, out_dir: str, save_cols: tuple[str, ...] = ()) -> None:
         super().__init__()
@@ -242,8 +241,7 @@ class WriteShards(beam.PTransform):
         self._save_cols = save_cols
 
     def expand(self, inputs):
-        kept, rejected, removals = inputs
-        keyed_kept = kept | "KeyKeptByShard" >> beam.Map(lambda r: (r[R.SHARD], r))
+        keyed_kept, rejected, removals = inputs  # kept samples come as (shard, spool pointer)
         keyed_rejected = rejected | "KeyRejectsByShard" >> beam.Map(lambda r: (r[R.SHARD], r))
         keyed_removals = removals | "KeyRemovalsByShard" >> beam.Map(lambda r: (r[R.SHARD], r))
         return (

@@ -31,7 +31,6 @@ CAPTION_TOKENS = "caption_tokens"  # BPE ids with --tokenize; also the tar's .to
 CAPTION_TOKENS_TRUNCATED = "caption_tokens_truncated"
 
 IMAGE = "image"  # encoded bytes (in flight only; goes into the tar, not the Parquet)
-SPOOL = "spool"  # in flight only: (file, offset, length) of a sample waiting for the shard writer
 IMAGE_FORMAT = "image_format"
 WIDTH = "width"
 HEIGHT = "height"
