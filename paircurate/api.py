@@ -28,7 +28,7 @@ from paircurate.pipeline.progress import PROGRESS_DIR, ProgressMonitor
 from paircurate.pipeline.read import InputFile, plan_inputs
 from paircurate.pipeline.spool import SPOOL_DIR
 from paircurate.pipeline.stats import build_funnel, package_versions, read_shard_stats
-from paircurate.pipeline.write import completed_shards
+from paircurate.pipeline.write import completed_shards, shard_name
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,27 @@ def resolve_download_processes(cfg: PipelineConfig, runner, options: PipelineOpt
     in_memory = isinstance(runner, FnApiRunner) and options.get_all_options().get("direct_running_mode") in (None, "in_memory")
     processes = default_processes() if in_memory else 1
     return dataclasses.replace(cfg, download=dataclasses.replace(cfg.download, processes=processes))
+
+
+DEFAULT_ROWS_PER_PASS = 500_000
+
+
+def plan_passes(pending_shards: list[int], cfg: PipelineConfig, runner, options: PipelineOptions) -> list[list[int]]:
+    """Split the shards to write into passes of ``runner.rows_per_pass`` input rows (whole shards).
+
+    Beam's in-process runner keeps what a pass shuffles (rows grouped by
+    uid, sample pointers grouped by shard: ~1-3 KiB per row) in memory until
+    the pass ends, so a big input runs as several pipelines, one after
+    another. Cluster runners spill their shuffles: one pass, unless set.
+    """
+    rows = cfg.runner.rows_per_pass
+    if not rows:
+        in_process = isinstance(runner, FnApiRunner)
+        rows = DEFAULT_ROWS_PER_PASS if in_process else 0
+    if not rows or not pending_shards:
+        return [pending_shards] if pending_shards else []
+    per_pass = max(1, rows // cfg.output.shard_size)
+    return [pending_shards[i : i + per_pass] for i in range(0, len(pending_shards), per_pass)]
 
 
 def _make_dask_runner(options: PipelineOptions):
@@ -187,11 +208,24 @@ def run(cfg: PipelineConfig, overwrite: bool = False) -> RunSummary:
     if pending_rows:
         runner, options = make_runner(cfg.runner.beam_args)
         cfg = resolve_download_processes(cfg, runner, options)
-        pipeline = beam.Pipeline(runner=runner, options=options)
-        build_graph(pipeline, cfg, files, skip_shards=done, progress_dir=progress_dir)
+        passes = plan_passes([s for s in range(num_shards) if s not in done], cfg, runner, options)
+        if len(passes) > 1 and cfg.clip.enabled and cfg.clip.top_percent is not None:
+            raise ConfigError(
+                f"--clip-top-percent needs the whole input in one pass, and this run takes {len(passes)} passes "
+                f"of {cfg.runner.rows_per_pass or DEFAULT_ROWS_PER_PASS} rows; use --clip-threshold, "
+                "or --rows-per-pass with at least the number of input rows"
+            )
+        all_shards = frozenset(range(num_shards))
         with ProgressMonitor(progress_dir, total=pending_rows, enabled=cfg.runner.progress):
-            result = pipeline.run()
-            result.wait_until_finish()
+            for number, shards in enumerate(passes, start=1):
+                if len(passes) > 1:
+                    log.info("pass %d of %d: shards %d to %d", number, len(passes), shards[0], shards[-1])
+                # Shards written by earlier passes (or the run being resumed) are dedup's pinned keepers.
+                written = tuple(os.path.join(out_dir, f"{shard_name(s)}.parquet") for s in sorted(completed_shards(out_dir)))
+                pipeline = beam.Pipeline(runner=runner, options=options)
+                build_graph(pipeline, cfg, files, skip_shards=all_shards - set(shards), progress_dir=progress_dir, written_shards=written)
+                result = pipeline.run()
+                result.wait_until_finish()
     shutil.rmtree(progress_dir, ignore_errors=True)
     shutil.rmtree(os.path.join(out_dir, SPOOL_DIR), ignore_errors=True)
 

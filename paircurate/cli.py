@@ -71,6 +71,7 @@ _RUN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--dedup-against", "dedup.dedup_against", dict(help="output folder of an earlier run: also drop samples it already holds")),
     ("--decontaminate-against", "dedup.decontaminate_against", dict(help="folder or Parquet of evaluation images to remove (eval_contamination)")),
     ("--shard-size", "output.shard_size", dict(type=int, help="input rows per shard (default: 10000)")),
+    ("--rows-per-pass", "runner.rows_per_pass", dict(type=int, help="input rows per pass of the pipeline, in whole shards; bounds memory on one machine (default 0: 500,000 on the in-process runner, one pass elsewhere)")),
 ]
 
 

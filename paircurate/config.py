@@ -176,6 +176,13 @@ class RunnerConfig:
     beam_args: tuple[str, ...] = ()  # passed through to Beam's PipelineOptions
     progress: bool = True
     report: bool = True  # write OUT/report.html at the end of a run
+    # Input rows per pass of the pipeline (rounded to whole shards). 0: 500,000
+    # on the in-process runner, which holds a pass's shuffles in memory; one
+    # pass on other runners.
+    rows_per_pass: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.rows_per_pass >= 0, "runner.rows_per_pass must be >= 0 (0 = automatic)")
 
 
 @dataclass(frozen=True)

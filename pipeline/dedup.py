@@ -226,24 +226,31 @@ class FindDuplicates(beam.PTransform):
     """Kept samples -> removals ``{uid, shard, reason, duplicate_of, similarity}``.
 
         >>> removals = kept | FindDuplicates(cfg.dedup, cfg.image, semantic=cfg.clip.enabled)
+
+    ``written_shards``: Parquet files of shards this output folder already
+    holds (an earlier pass, or the run being resumed). Like ``--dedup-against``
+    shards they are pinned keepers, so a new sample that duplicates a written
+    one is removed and nothing written is contradicted.
     """
 
-    def __init__(self, cfg: DedupConfig, image_cfg: ImageConfig, semantic: bool) -> None:
+    def __init__(self, cfg: DedupConfig, image_cfg: ImageConfig, semantic: bool, written_shards: tuple[str, ...] = ()) -> None:
         super().__init__()
         self._cfg = cfg
         self._image_cfg = image_cfg
         self._semantic = semantic and cfg.semantic
         self._nprobe = cfg.semantic_nprobe
+        self._written = written_shards
 
     def expand(self, samples):
         cfg = self._cfg
         if not (cfg.exact or cfg.perceptual or self._semantic or cfg.decontaminate_against):
             return samples.pipeline | "NoRemovals" >> beam.Create([])  # nothing would read the key records
         keys = samples | "Keys" >> beam.Map(dedup_key)
-        if cfg.dedup_against:
+        pinned = (reference_shards(cfg.dedup_against) if cfg.dedup_against else []) + list(self._written)
+        if pinned and (cfg.exact or cfg.perceptual or self._semantic):
             reference = (
                 keys.pipeline
-                | "EarlierRunShards" >> beam.Create(reference_shards(cfg.dedup_against))
+                | "EarlierRunShards" >> beam.Create(pinned)
                 | "EarlierRunKeys" >> beam.FlatMap(read_reference_keys)
             )
             keys = (keys, reference) | "WithEarlierRun" >> beam.Flatten()

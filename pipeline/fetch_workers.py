@@ -35,6 +35,8 @@ import io
 import logging
 import multiprocessing
 import os
+import threading
+import time
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
@@ -147,9 +149,37 @@ class _Fetcher:
 _CHILD: _Fetcher | None = None
 
 
-def _init_child(download_cfg: DownloadConfig, image_cfg: ImageConfig, with_phash: bool) -> None:
+def _init_child(download_cfg: DownloadConfig, image_cfg: ImageConfig, with_phash: bool, owner_pid: int) -> None:
     global _CHILD
     _CHILD = _Fetcher(download_cfg, image_cfg, with_phash)
+    threading.Thread(target=_exit_without_owner, args=(owner_pid,), name="owner-watch", daemon=True).start()
+
+
+def _exit_without_owner(owner_pid: int, interval: float = 1.0) -> None:
+    """Exit once the process that started the pool is gone.
+
+    A child's parent is the fork server, not the pipeline, and a worker
+    waiting for its next batch would wait forever: without this, a pipeline
+    killed with SIGKILL (or by the OOM killer) would leave its download
+    processes and the fork server behind.
+    """
+    while _alive(owner_pid):
+        time.sleep(interval)
+    os._exit(0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"  # a killed owner not yet reaped is gone too
+    except OSError:
+        return True  # no /proc: trust kill()
 
 
 def _child_map(records: list[dict]) -> list[dict]:
@@ -228,7 +258,7 @@ class FetchWorkers:
             max_workers=self.processes,
             mp_context=ctx,
             initializer=_init_child,
-            initargs=(per_process_config(self._download_cfg, self.processes), self._image_cfg, self._with_phash),
+            initargs=(per_process_config(self._download_cfg, self.processes), self._image_cfg, self._with_phash, os.getpid()),
         )
         # Start every child now: a failure to start shows here, not mid-batch.
         list(pool.map(_child_ready, range(self.processes)))

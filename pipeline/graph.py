@@ -29,8 +29,13 @@ def build_graph(
     files: list[InputFile],
     skip_shards: frozenset[int] = frozenset(),
     progress_dir: str | None = None,
+    written_shards: tuple[str, ...] = (),
 ) -> beam.PCollection:
-    """Add the whole curation graph to ``p``; returns the per-shard stats PCollection."""
+    """Add the whole curation graph to ``p``; returns the per-shard stats PCollection.
+
+    ``skip_shards`` are not read at all; ``written_shards`` (Parquet paths of
+    shards already in the output folder) are dedup's pinned keepers.
+    """
     pairs = p | "Read" >> ReadPairs(files, cfg.input, cfg.output.shard_size, skip_shards)
     captions = pairs.kept | "Captions" >> CleanCaptions(cfg.caption)
     images = captions.kept | "Download" >> DownloadImages(cfg.download, cfg.image, progress_dir, with_phash=cfg.dedup.perceptual)
@@ -46,7 +51,7 @@ def build_graph(
 
     # Two branches of the same fused stage: dedup takes a few key fields, the
     # spool parks whole samples on disk; only keys and pointers get shuffled.
-    removals = kept | "Dedup" >> FindDuplicates(cfg.dedup, cfg.image, semantic=cfg.clip.enabled)
+    removals = kept | "Dedup" >> FindDuplicates(cfg.dedup, cfg.image, semantic=cfg.clip.enabled, written_shards=written_shards)
     pointers = kept | "Spool" >> SpoolSamples(cfg.output.path)
     all_rejected = rejected | "AllRejects" >> beam.Flatten()
     return (pointers, all_rejected, removals) | "Write" >> WriteShards(cfg.output.path, cfg.input.save_cols)

@@ -10,6 +10,7 @@ re-run can skip finished shards without reading them.
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -89,16 +90,27 @@ def plan_inputs(cfg: InputConfig) -> list[InputFile]:
     return planned
 
 
-def iter_rows(path: str, fmt: str, cfg: InputConfig) -> Iterator[dict]:
-    """Yield ``{"url", "caption", "extra"}`` per row; raise InputError naming the file."""
+def iter_rows(path: str, fmt: str, cfg: InputConfig, start: int = 0, stop: int | None = None) -> Iterator[dict]:
+    """Yield ``{"url", "caption", "extra"}`` per row of ``[start, stop)``; raise InputError naming the file.
+
+    Rows before ``start`` are counted, not converted: a pass over the last
+    shards of a big file does not build the first rows' records.
+    """
     try:
-        if fmt == "txt":
-            yield from _iter_txt(path)
-        elif fmt == "jsonl":
-            yield from _iter_jsonl(path, cfg)
+        if fmt in ("txt", "jsonl"):
+            rows = _iter_txt(path) if fmt == "txt" else _iter_jsonl(path, cfg)
+            yield from itertools.islice(rows, start, stop)
         else:
+            offset = 0
             for batch in _iter_arrow_batches(path, fmt, cfg):
-                yield from _rows_from_batch(batch, cfg)
+                if stop is not None and offset >= stop:
+                    return
+                end = offset + batch.num_rows
+                if end > start:
+                    lo = max(start - offset, 0)
+                    hi = batch.num_rows if stop is None else min(stop - offset, batch.num_rows)
+                    yield from _rows_from_batch(batch.slice(lo, hi - lo), cfg)
+                offset = end
     except InputError:
         raise
     except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:
@@ -203,8 +215,15 @@ class _ReadInputFileFn(beam.DoFn):
         self._counters = StageCounters(Stage.READ)
 
     def process(self, infile: InputFile):
-        for i, row in enumerate(iter_rows(infile.path, infile.format, self._cfg)):
-            shard = (infile.first_row + i) // self._shard_size
+        size = self._shard_size
+        last_row = infile.first_row + infile.num_rows - 1
+        wanted = [s for s in range(infile.first_row // size, last_row // size + 1) if s not in self._skip]
+        if not infile.num_rows or not wanted:
+            return
+        start = max(wanted[0] * size - infile.first_row, 0)
+        stop = min((wanted[-1] + 1) * size - infile.first_row, infile.num_rows)
+        for i, row in enumerate(iter_rows(infile.path, infile.format, self._cfg, start, stop), start=start):
+            shard = (infile.first_row + i) // size
             if shard in self._skip:
                 continue
             url = row[R.URL]

@@ -104,3 +104,39 @@ def test_download_processes_default_to_one_per_core_only_on_the_in_process_runne
     assert resolve_download_processes(cfg, runner, options).download.processes == 1
     explicit = PipelineConfig.from_dict({"input": {"paths": ["x.csv"]}, "output": {"path": "out"}, "download": {"processes": 3}})
     assert resolve_download_processes(explicit, *make_runner(())).download.processes == 3
+
+
+OWNER_SCRIPT = """
+import sys, time
+from paircurate.config import DownloadConfig, ImageConfig
+from paircurate.pipeline.fetch_workers import FetchWorkers
+if __name__ == "__main__":
+    workers = FetchWorkers(DownloadConfig(), ImageConfig(), processes=2)
+    print(" ".join(map(str, workers.worker_pids())), flush=True)
+    time.sleep(600)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_download_processes_exit_when_the_pipeline_is_killed(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "owner.py"
+    script.write_text(OWNER_SCRIPT)
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in owner.stdout.readline().split()]
+    assert len(pids) == 2 and not any(_gone(p) for p in pids)
+    owner.kill()  # SIGKILL: no atexit, no executor shutdown
+    owner.wait()
+    deadline = time.monotonic() + 10
+    while not all(_gone(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(_gone(p) for p in pids), "download processes outlived a killed pipeline"
