@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import io
 import json
+import logging
 import os
 
 import numpy as np
@@ -14,6 +15,7 @@ import webdataset as wds
 from PIL import Image
 
 from paircurate.cli import main
+from paircurate.pipeline.fetch_workers import default_processes
 from paircurate.schemas import records as R
 
 IMAGE_SIZE = 64
@@ -96,10 +98,14 @@ def read_output(out) -> dict:
     return {"samples": samples, "meta": meta, "rejects": rejects, "stats": stats}
 
 
-def test_every_row_is_kept_or_rejected_with_its_reason(served_inputs, tmp_path):
+def test_every_row_is_kept_or_rejected_with_its_reason(served_inputs, tmp_path, caplog):
     out = tmp_path / "out"
+    caplog.set_level(logging.WARNING, logger="paircurate.pipeline.fetch_workers")
     assert run_cli(served_inputs["inputs"], out) == 0
     got = read_output(out)
+    # The download ran in one process per core, without falling back to threads.
+    assert got["stats"]["config"]["download"]["processes"] == default_processes()
+    assert not [r for r in caplog.records if r.name == "paircurate.pipeline.fetch_workers"], caplog.text
     expected = served_inputs["expected"]
 
     outcome = {}
