@@ -105,18 +105,22 @@ def resolve_download_processes(cfg: PipelineConfig, runner, options: PipelineOpt
 DEFAULT_ROWS_PER_PASS = 500_000
 
 
-def plan_passes(pending_shards: list[int], cfg: PipelineConfig, runner, options: PipelineOptions) -> list[list[int]]:
-    """Split the shards to write into passes of ``runner.rows_per_pass`` input rows (whole shards).
+def rows_per_pass(cfg: PipelineConfig, runner) -> int:
+    """Input rows per pass; 0 means one pass.
 
     Beam's in-process runner keeps what a pass shuffles (rows grouped by
     uid, sample pointers grouped by shard: ~1-3 KiB per row) in memory until
     the pass ends, so a big input runs as several pipelines, one after
     another. Cluster runners spill their shuffles: one pass, unless set.
     """
-    rows = cfg.runner.rows_per_pass
-    if not rows:
-        in_process = isinstance(runner, FnApiRunner)
-        rows = DEFAULT_ROWS_PER_PASS if in_process else 0
+    if cfg.runner.rows_per_pass:
+        return cfg.runner.rows_per_pass
+    return DEFAULT_ROWS_PER_PASS if isinstance(runner, FnApiRunner) else 0
+
+
+def plan_passes(pending_shards: list[int], cfg: PipelineConfig, runner) -> list[list[int]]:
+    """Split the shards to write into passes of ``rows_per_pass`` input rows (whole shards)."""
+    rows = rows_per_pass(cfg, runner)
     if not rows or not pending_shards:
         return [pending_shards] if pending_shards else []
     per_pass = max(1, rows // cfg.output.shard_size)
@@ -208,11 +212,11 @@ def run(cfg: PipelineConfig, overwrite: bool = False) -> RunSummary:
     if pending_rows:
         runner, options = make_runner(cfg.runner.beam_args)
         cfg = resolve_download_processes(cfg, runner, options)
-        passes = plan_passes([s for s in range(num_shards) if s not in done], cfg, runner, options)
+        passes = plan_passes([s for s in range(num_shards) if s not in done], cfg, runner)
         if len(passes) > 1 and cfg.clip.enabled and cfg.clip.top_percent is not None:
             raise ConfigError(
                 f"--clip-top-percent needs the whole input in one pass, and this run takes {len(passes)} passes "
-                f"of {cfg.runner.rows_per_pass or DEFAULT_ROWS_PER_PASS} rows; use --clip-threshold, "
+                f"of {rows_per_pass(cfg, runner)} rows; use --clip-threshold, "
                 "or --rows-per-pass with at least the number of input rows"
             )
         all_shards = frozenset(range(num_shards))

@@ -12,7 +12,7 @@ from apache_beam.transforms.window import GlobalWindows
 
 from paircurate.config import DownloadConfig, ImageConfig
 from paircurate.filters.decision import Stage
-from paircurate.pipeline.fetch_workers import FetchWorkers, fetch_and_prepare  # noqa: F401 - fetch_and_prepare re-exported
+from paircurate.pipeline.fetch_workers import FetchWorkers
 from paircurate.pipeline.progress import ProgressReporter
 from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs
 from paircurate.schemas import records as R

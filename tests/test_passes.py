@@ -91,14 +91,14 @@ def test_top_percent_is_refused_when_the_input_needs_several_passes(pass_input, 
 
 def test_pass_planning():
     cfg = PipelineConfig.from_dict({"input": {"paths": ["x.csv"]}, "output": {"path": "o", "shard_size": 10}})
-    in_process = make_runner(())
+    in_process = make_runner(())[0]
     shards = list(range(125_000))  # 1.25M rows
-    passes = plan_passes(shards, cfg, *in_process)
+    passes = plan_passes(shards, cfg, in_process)
     assert DEFAULT_ROWS_PER_PASS == 500_000
     assert [len(p) for p in passes] == [50_000, 50_000, 25_000]
     assert sum(passes, []) == shards
     explicit = cfg.with_overrides({"runner.rows_per_pass": 25})  # rounded down to whole shards
-    assert plan_passes([0, 1, 2, 5, 6], explicit, *in_process) == [[0, 1], [2, 5], [6]]
-    assert plan_passes([], cfg, *in_process) == []
+    assert plan_passes([0, 1, 2, 5, 6], explicit, in_process) == [[0, 1], [2, 5], [6]]
+    assert plan_passes([], cfg, in_process) == []
     # A runner that spills its shuffles (here: Beam resolves the runner itself) takes one pass.
-    assert plan_passes([0, 1, 2], cfg, None, in_process[1]) == [[0, 1, 2]]
+    assert plan_passes([0, 1, 2], cfg, None) == [[0, 1, 2]]
