@@ -22,8 +22,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
-from paircurate.config import DownloadConfig, ImageConfig
-from paircurate.filters.decision import RejectError
+from paircurate.schemas.config import DownloadConfig, ImageConfig
+from paircurate.schemas.outcomes import RejectError
 from paircurate.filters.image import prepare_image
 from paircurate.loopback import FAULT_IMAGE, LoopbackServer
 from paircurate.pipeline.fetch import download_image, make_pool

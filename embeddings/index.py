@@ -38,7 +38,7 @@ from typing import Any, Iterator, Sequence
 import faiss
 import numpy as np
 
-from paircurate.filters.decision import Reason
+from paircurate.schemas.outcomes import Reason
 from paircurate.filters.duplicates import DuplicatePair, Match, best_match_per_uid
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ import re
 
 import ftfy
 
-from paircurate.config import CaptionConfig
-from paircurate.filters.decision import Decision, Reason
+from paircurate.schemas.config import CaptionConfig
+from paircurate.schemas.outcomes import Decision, Reason
 
 _WHITESPACE = re.compile(r"\s+")
 

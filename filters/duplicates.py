@@ -31,7 +31,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from paircurate.filters.decision import Reason
+from paircurate.schemas.outcomes import Reason
 
 HASH_BITS = 64
 HASH_HEX_CHARS = HASH_BITS // 4

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
-from paircurate.config import ImageConfig
-from paircurate.filters.decision import Decision, Reason, RejectError
+from paircurate.schemas.config import ImageConfig
+from paircurate.schemas.outcomes import Decision, Reason, RejectError
 
 # We enforce our own pixel limit (ImageConfig.max_pixels) before decoding, with
 # a reject reason; Pillow's global guard would raise or warn on its own terms.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from paircurate.filters.decision import Decision, Reason
+from paircurate.schemas.outcomes import Decision, Reason
 
 
 def check_clip_score(score: float, threshold: float | None) -> Decision:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from paircurate.filters.decision import Decision, Reason
+from paircurate.schemas.outcomes import Decision, Reason
 
 ALLOWED_SCHEMES = ("http", "https")
 MAX_URL_LENGTH = 4096

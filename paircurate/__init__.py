@@ -1,12 +1,13 @@
 """paircurate: image-text pair curation on Apache Beam.
 
-    >>> from paircurate import PipelineConfig, run
-    >>> run(PipelineConfig.from_yaml("curate.yaml"))
+    >>> from paircurate import load_config, run
+    >>> run(load_config(yaml_path="curate.yaml"))
 """
 
 __version__ = "0.1.0"
 
-from paircurate.config import PipelineConfig  # noqa: E402
+from paircurate.config import load_config  # noqa: E402
+from paircurate.schemas.config import PipelineConfig  # noqa: E402
 
 
 def run(config: PipelineConfig, overwrite: bool = False):
@@ -16,4 +17,4 @@ def run(config: PipelineConfig, overwrite: bool = False):
     return _run(config, overwrite=overwrite)
 
 
-__all__ = ["PipelineConfig", "run", "__version__"]
+__all__ = ["PipelineConfig", "load_config", "run", "__version__"]

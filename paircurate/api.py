@@ -21,7 +21,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from paircurate.config import ConfigError, PipelineConfig
+from paircurate.schemas.config import ConfigError, PipelineConfig
 from paircurate.pipeline.fetch_workers import default_processes
 from paircurate.pipeline.graph import build_graph
 from paircurate.pipeline.progress import PROGRESS_DIR, ProgressMonitor

@@ -19,7 +19,8 @@ import logging
 import sys
 from typing import Any, Callable
 
-from paircurate.config import ENCODE_FORMATS, INPUT_FORMATS, PRESETS, RESIZE_MODES, PipelineConfig, UserError
+from paircurate.config import PRESETS, load_config
+from paircurate.schemas.config import ENCODE_FORMATS, INPUT_FORMATS, RESIZE_MODES, PipelineConfig, UserError
 
 # (flag, config key, argparse kwargs). The help text is the documentation.
 _RUN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
@@ -99,7 +100,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_config(args: argparse.Namespace, beam_args: list[str]) -> PipelineConfig:
-    cfg = PipelineConfig.from_sources(preset=getattr(args, "preset", None), yaml_path=args.config)
+    cfg = load_config(preset=getattr(args, "preset", None), yaml_path=args.config)
     overrides = _overrides(args)
     if getattr(args, "inputs", None):
         overrides["input.paths"] = list(args.inputs)

@@ -16,7 +16,7 @@ import random
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from paircurate.config import PipelineConfig
+from paircurate.schemas.config import PipelineConfig
 from paircurate.loopback import LoopbackServer
 from paircurate.synthetic import make_samples, mismatched_caption
 

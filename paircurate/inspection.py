@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from paircurate.config import UserError
+from paircurate.schemas.config import UserError
 from paircurate.schemas.records import CLIP_SCORE, SCHEMA_VERSION_KEY
 
 STATS_FILE = "stats.json"

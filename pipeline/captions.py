@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from paircurate.config import CaptionConfig
+from paircurate.schemas.config import CaptionConfig
 from paircurate.filters.caption import CaptionTokenizer, check_caption, clean_caption
-from paircurate.filters.decision import Reason, Stage
-from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs, make_reject
+from paircurate.schemas.outcomes import Reason, Stage
+from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs
 from paircurate.schemas import records as R
 
 
@@ -25,7 +25,7 @@ class _CleanCaptionFn(beam.DoFn):
             decision = check_caption(cleaned, self._cfg)
         except Exception as exc:  # one odd caption must not stop the run
             self._counters.rejected(Reason.INTERNAL_ERROR)
-            yield beam.pvalue.TaggedOutput(REJECTED, make_reject(record, Stage.CAPTION, Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
+            yield beam.pvalue.TaggedOutput(REJECTED, R.make_reject(record, Stage.CAPTION, Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
             return
         out = dict(record)
         out[R.CAPTION_RAW] = record.get(R.CAPTION)
@@ -37,7 +37,7 @@ class _CleanCaptionFn(beam.DoFn):
             yield out
         else:
             self._counters.rejected(decision.reason)
-            yield beam.pvalue.TaggedOutput(REJECTED, make_reject(out, Stage.CAPTION, decision.reason, decision.detail))
+            yield beam.pvalue.TaggedOutput(REJECTED, R.make_reject(out, Stage.CAPTION, decision.reason, decision.detail))
 
 
 class CleanCaptions(beam.PTransform):

@@ -29,8 +29,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from paircurate.config import DedupConfig, ImageConfig
-from paircurate.filters.decision import Reason
+from paircurate.schemas.config import DedupConfig, ImageConfig
+from paircurate.schemas.outcomes import Reason
 from paircurate.filters.image import prepare_image
 from paircurate.filters.duplicates import PhashIndex, exact_pairs, pairs_within, phash, phash_bands, resolve_duplicates
 from paircurate.schemas import records as R

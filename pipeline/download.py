@@ -10,8 +10,8 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
-from paircurate.config import DownloadConfig, ImageConfig
-from paircurate.filters.decision import Stage
+from paircurate.schemas.config import DownloadConfig, ImageConfig
+from paircurate.schemas.outcomes import Stage
 from paircurate.pipeline.fetch_workers import FetchWorkers
 from paircurate.pipeline.progress import ProgressReporter
 from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs

@@ -71,8 +71,8 @@ from urllib3.exceptions import (
 from urllib3.util import parse_url
 from urllib3.util.connection import create_connection
 
-from paircurate.config import DownloadConfig
-from paircurate.filters.decision import Reason, RejectError
+from paircurate.schemas.config import DownloadConfig
+from paircurate.schemas.outcomes import Reason, RejectError
 from paircurate.pipeline.politeness import (
     HostLimiter,
     RobotsCache,

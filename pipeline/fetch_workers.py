@@ -44,8 +44,8 @@ from urllib.parse import urlsplit
 
 from PIL import Image
 
-from paircurate.config import DownloadConfig, ImageConfig
-from paircurate.filters.decision import Reason, RejectError, Stage
+from paircurate.schemas.config import DownloadConfig, ImageConfig
+from paircurate.schemas.outcomes import Reason, RejectError, Stage
 from paircurate.filters.duplicates import phash
 from paircurate.filters.image import prepare_image
 from paircurate.pipeline.fetch import FetchContext, download_image, make_pool

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from paircurate.config import PipelineConfig
+from paircurate.schemas.config import PipelineConfig
 from paircurate.pipeline.captions import CleanCaptions
 from paircurate.pipeline.dedup import FindDuplicates
 from paircurate.pipeline.download import DownloadImages

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 from urllib.robotparser import RobotFileParser
 
-from paircurate.filters.decision import Reason, RejectError
+from paircurate.schemas.outcomes import Reason, RejectError
 
 __all__ = [
     "HostLimiter",

@@ -21,10 +21,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from paircurate.config import InputConfig, UserError
-from paircurate.filters.decision import Reason, Stage
+from paircurate.schemas.config import InputConfig, UserError
+from paircurate.schemas.outcomes import Reason, Stage
 from paircurate.filters.url import check_url
-from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs, make_reject
+from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs
 from paircurate.schemas import records as R
 from paircurate.schemas.identity import make_uid
 
@@ -245,7 +245,7 @@ class _ReadInputFileFn(beam.DoFn):
                 record[R.UID] = make_uid(record[R.URL] or "", record[R.CAPTION])
                 record[R.DETAIL] = f"{infile.path} row {i} field {self._cfg.url_col!r}: {decision.detail}"
                 self._counters.rejected(decision.reason)
-                yield beam.pvalue.TaggedOutput(REJECTED, make_reject(record, Stage.READ, decision.reason, record[R.DETAIL]))
+                yield beam.pvalue.TaggedOutput(REJECTED, R.make_reject(record, Stage.READ, decision.reason, record[R.DETAIL]))
 
 
 def _first_occurrence(item):
@@ -257,7 +257,7 @@ def _first_occurrence(item):
     for dup in rows[1:]:
         yield beam.pvalue.TaggedOutput(
             REJECTED,
-            make_reject(
+            R.make_reject(
                 dup,
                 Stage.READ,
                 Reason.DUPLICATE_ROW,

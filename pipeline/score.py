@@ -20,10 +20,10 @@ import apache_beam as beam
 import numpy as np
 from PIL import Image
 
-from paircurate.config import ClipConfig
-from paircurate.filters.decision import Reason, Stage
+from paircurate.schemas.config import ClipConfig
+from paircurate.schemas.outcomes import Reason, Stage
 from paircurate.filters.similarity import check_clip_score, combined_threshold, top_percent_cutoff
-from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs, make_reject
+from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs
 from paircurate.schemas import records as R
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class _ClipScoreFn(beam.DoFn):
                 usable.append(record)
             except Exception as exc:  # the image stage wrote these bytes; this is a bug, not bad input
                 self._counters.rejected(Reason.INTERNAL_ERROR)
-                yield beam.pvalue.TaggedOutput(REJECTED, make_reject(record, Stage.CLIP, Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
+                yield beam.pvalue.TaggedOutput(REJECTED, R.make_reject(record, Stage.CLIP, Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
         if not usable:
             return
         image_emb = self._clip.encode_images(images)
@@ -95,7 +95,7 @@ class _ScoreFilterFn(beam.DoFn):
             yield record
         else:
             self._counters.rejected(decision.reason)
-            yield beam.pvalue.TaggedOutput(REJECTED, make_reject(record, Stage.CLIP, decision.reason, decision.detail))
+            yield beam.pvalue.TaggedOutput(REJECTED, R.make_reject(record, Stage.CLIP, decision.reason, decision.detail))
 
 
 def _write_stage_stats(out_dir: str, payload: dict) -> None:

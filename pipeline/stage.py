@@ -1,4 +1,4 @@
-"""What every stage shares: its two outputs, its counters, and (from the schema) how a reject row is made."""
+"""What every stage shares: its two outputs and its counters."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from typing import NamedTuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from paircurate.filters.decision import Reason, Stage
-from paircurate.schemas.records import make_reject  # noqa: F401 - re-exported for the stages
+from paircurate.schemas.outcomes import Reason, Stage
 
 REJECTED = "rejected"
 METRICS_NAMESPACE = "paircurate"

@@ -8,7 +8,7 @@ import os
 import platform
 from collections import Counter, defaultdict
 
-from paircurate.filters.decision import Stage
+from paircurate.schemas.outcomes import Stage
 from paircurate.pipeline.write import STATS_SUFFIX
 
 _VERSIONED_PACKAGES = ("paircurate", "apache-beam", "pyarrow", "Pillow", "webdataset", "ftfy", "numpy", "urllib3", "torch", "open_clip_torch", "faiss-cpu")

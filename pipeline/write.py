@@ -34,9 +34,9 @@ import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
 
-from paircurate.filters.decision import Reason, Stage
+from paircurate.schemas.outcomes import Reason, Stage
 from paircurate.pipeline.spool import input_position, load_sample, remove_shard_spool
-from paircurate.pipeline.stage import METRICS_NAMESPACE, StageCounters, make_reject
+from paircurate.pipeline.stage import METRICS_NAMESPACE, StageCounters
 from paircurate.schemas import records as R
 
 STATS_SUFFIX = "_stats.json"
@@ -206,7 +206,7 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _removal_reject(sample: dict, removal: dict) -> dict:
-    row = make_reject(sample, Stage.DEDUP, Reason(removal[R.REASON]), f"{removal[R.REASON]} of {removal[R.DUPLICATE_OF]} (similarity {removal[R.SIMILARITY]:.4f})")
+    row = R.make_reject(sample, Stage.DEDUP, Reason(removal[R.REASON]), f"{removal[R.REASON]} of {removal[R.DUPLICATE_OF]} (similarity {removal[R.SIMILARITY]:.4f})")
     row[R.DUPLICATE_OF] = removal[R.DUPLICATE_OF]
     row[R.SIMILARITY] = removal[R.SIMILARITY]
     return row

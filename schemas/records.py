@@ -5,6 +5,8 @@ below. Each stage adds fields; writers cast to the declared schema and fail
 loudly on a mismatch, so a renamed or retyped field cannot slip into a release.
 
     >>> import pyarrow as pa
+
+from paircurate.schemas.outcomes import Reason, Stage
     >>> table = pa.Table.from_pylist([...], schema=sample_schema())
 """
 
@@ -161,11 +163,8 @@ class SchemaMismatch(ValueError):
 _REJECT_KEEP_FIELDS = (UID, URL, CAPTION, SOURCE_FILE, SOURCE_ROW, SHARD, CLIP_SCORE, EXTRA)
 
 
-def make_reject(record: dict, stage, reason, detail: str = "", **fields) -> dict:
-    """A reject row for ``record``: identity and provenance plus why it left.
-
-    ``stage`` and ``reason`` are ``filters.decision.Stage`` / ``Reason`` members.
-    """
+def make_reject(record: dict, stage: Stage, reason: Reason, detail: str = "", **fields) -> dict:
+    """A reject row for ``record``: identity and provenance plus why it left."""
     row = {k: record.get(k) for k in _REJECT_KEEP_FIELDS}
     row[STAGE] = stage.value
     row[REASON] = reason.value

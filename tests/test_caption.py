@@ -1,6 +1,6 @@
-from paircurate.config import CaptionConfig
+from paircurate.schemas.config import CaptionConfig
 from paircurate.filters.caption import check_caption, clean_caption
-from paircurate.filters.decision import Reason
+from paircurate.schemas.outcomes import Reason
 
 
 def test_clean_caption_fixes_mojibake_entities_and_whitespace():

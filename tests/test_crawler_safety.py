@@ -17,8 +17,8 @@ from urllib.parse import quote
 
 import pytest
 
-from paircurate.config import DownloadConfig, ImageConfig
-from paircurate.filters.decision import Reason, RejectError
+from paircurate.schemas.config import DownloadConfig, ImageConfig
+from paircurate.schemas.outcomes import Reason, RejectError
 from paircurate.filters.image import prepare_image
 from paircurate.loopback import FAULT_IMAGE, LoopbackServer
 from paircurate.pipeline import fetch

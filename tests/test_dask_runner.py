@@ -13,7 +13,7 @@ distributed = pytest.importorskip("distributed")  # dev extra: dask + distribute
 from test_end_to_end import read_output, run_cli, served_inputs  # noqa: E402,F401  (served_inputs is a fixture)
 
 from paircurate.api import make_runner  # noqa: E402
-from paircurate.config import ConfigError  # noqa: E402
+from paircurate.schemas.config import ConfigError  # noqa: E402
 from paircurate.dask_runner import PatchedDaskRunner  # noqa: E402
 
 

@@ -27,7 +27,7 @@ from paircurate.embeddings.index import (
     semdedup_indices,
     train_kmeans,
 )
-from paircurate.filters.decision import Reason
+from paircurate.schemas.outcomes import Reason
 from paircurate.filters.duplicates import (
     DuplicatePair,
     Match,

@@ -12,8 +12,8 @@ from email.utils import formatdate
 import pytest
 from PIL import Image
 
-from paircurate.config import DownloadConfig
-from paircurate.filters.decision import Reason, RejectError
+from paircurate.schemas.config import DownloadConfig
+from paircurate.schemas.outcomes import Reason, RejectError
 from paircurate.loopback import FAULT_IMAGE, LoopbackServer
 from paircurate.pipeline.fetch import FetchResult, download_image, make_pool, parse_retry_after
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from paircurate.api import make_runner, resolve_download_processes
-from paircurate.config import DownloadConfig, ImageConfig, PipelineConfig
+from paircurate.schemas.config import DownloadConfig, ImageConfig, PipelineConfig
 from paircurate.pipeline.fetch_workers import FetchWorkers, default_processes, per_process_config
 from paircurate.schemas import records as R
 
@@ -108,7 +108,7 @@ def test_download_processes_default_to_one_per_core_only_on_the_in_process_runne
 
 OWNER_SCRIPT = """
 import sys, time
-from paircurate.config import DownloadConfig, ImageConfig
+from paircurate.schemas.config import DownloadConfig, ImageConfig
 from paircurate.pipeline.fetch_workers import FetchWorkers
 if __name__ == "__main__":
     workers = FetchWorkers(DownloadConfig(), ImageConfig(), processes=2)

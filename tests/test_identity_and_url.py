@@ -1,6 +1,6 @@
 import pytest
 
-from paircurate.filters.decision import Reason
+from paircurate.schemas.outcomes import Reason
 from paircurate.filters.url import check_url
 from paircurate.schemas.identity import make_uid, normalize_url
 

@@ -4,8 +4,8 @@ import io
 import pytest
 from PIL import Image
 
-from paircurate.config import ImageConfig
-from paircurate.filters.decision import Reason, RejectError
+from paircurate.schemas.config import ImageConfig
+from paircurate.schemas.outcomes import Reason, RejectError
 from paircurate.filters.image import prepare_image
 
 

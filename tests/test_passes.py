@@ -15,7 +15,7 @@ from imagegen import encode, photo
 
 from paircurate.api import DEFAULT_ROWS_PER_PASS, make_runner, plan_passes
 from paircurate.cli import main
-from paircurate.config import PipelineConfig
+from paircurate.schemas.config import PipelineConfig
 
 ROWS = 24
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from paircurate.cli import build_config, main, make_parser
-from paircurate.config import PRESETS, CaptionConfig, ConfigError, PipelineConfig
+from paircurate.config import PRESETS, load_config
+from paircurate.schemas.config import CaptionConfig, ConfigError, PipelineConfig
 from paircurate.filters.caption import boilerplate_kind, check_caption
-from paircurate.filters.decision import Reason
+from paircurate.schemas.outcomes import Reason
 
 
 def _cfg(*argv: str) -> PipelineConfig:
@@ -45,13 +46,13 @@ def test_preset_under_yaml_under_flags(tmp_path):
     assert cfg.clip.enabled is True
 
 
-def test_from_sources_matches_the_cli_and_names_unknown_presets(tmp_path):
-    assert PipelineConfig.from_sources("dalle") == PipelineConfig.from_dict(PRESETS["dalle"])
-    assert PipelineConfig.from_sources() == PipelineConfig()
+def test_load_config_matches_the_cli_and_names_unknown_presets(tmp_path):
+    assert load_config("dalle") == PipelineConfig.from_dict(PRESETS["dalle"])
+    assert load_config() == PipelineConfig()
     with pytest.raises(ConfigError, match="unknown preset 'laion'.*clip.*dalle"):
-        PipelineConfig.from_sources("laion")
+        load_config("laion")
     # Applying a preset does not mutate the table it came from.
-    PipelineConfig.from_sources("clip", None).with_overrides({"caption.min_words": 9})
+    load_config("clip", None).with_overrides({"caption.min_words": 9})
     assert PRESETS["clip"]["caption"]["min_words"] == 3
 
 

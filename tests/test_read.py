@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from paircurate.config import InputConfig
+from paircurate.schemas.config import InputConfig
 from paircurate.pipeline.read import InputError, detect_format, iter_rows, plan_inputs
 
 ROWS = [

@@ -12,7 +12,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from paircurate.config import CaptionConfig
+from paircurate.schemas.config import CaptionConfig
 from paircurate.pipeline import write as W
 from paircurate.pipeline.captions import CleanCaptions
 from paircurate.pipeline.write import ShardWriter, completed_shards

@@ -1,0 +1,267 @@
+"""One typed configuration, built the same way from CLI flags, YAML files and Python.
+
+    >>> cfg = PipelineConfig.from_dict({"input": {"paths": ["pairs.parquet"]},
+    ...                                 "output": {"path": "out"}})
+    >>> cfg = cfg.with_overrides({"image.image_size": 384})
+
+Every section is a frozen dataclass validated in ``__post_init__``; a stage
+receives the section it needs, never a long list of keyword arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")
+ENCODE_FORMATS = ("jpg", "png", "webp")
+INPUT_FORMATS = ("auto", "parquet", "csv", "tsv", "jsonl", "txt")
+DEFAULT_USER_AGENT = "paircurate/0.1 (+https://github.com/paircurate/paircurate; dataset curation crawler)"
+
+
+class UserError(ValueError):
+    """Bad input from the user (config, files): reported as a message, not a traceback."""
+
+
+class ConfigError(UserError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    paths: tuple[str, ...] = ()
+    url_col: str = "url"
+    caption_col: str = "caption"
+    save_cols: tuple[str, ...] = ()
+    input_format: str = "auto"
+
+    def __post_init__(self) -> None:
+        check(self.input_format in INPUT_FORMATS, f"input.input_format must be one of {INPUT_FORMATS}, got {self.input_format!r}")
+        check(bool(self.url_col), "input.url_col must not be empty")
+
+
+@dataclass(frozen=True)
+class CaptionConfig:
+    min_words: int = 0
+    min_chars: int = 0
+    reject_boilerplate: bool = False  # "image", "IMG_1234.JPG", camera defaults -> boilerplate_caption
+    english_only: bool = False  # reject captions confidently identified as another language (py3langid)
+    tokenize: bool = False  # store the caption's BPE token ids (Parquet column + .tokens tar member)
+    tokenizer: str = "ViT-B-32"  # the open_clip model whose tokenizer is used
+    max_text_tokens: int = 77  # token ids kept, start and end tokens included (DALL-E layout: 256)
+
+    def __post_init__(self) -> None:
+        check(self.min_words >= 0 and self.min_chars >= 0, "caption.min_words and caption.min_chars must be >= 0")
+        check(self.max_text_tokens >= 2, "caption.max_text_tokens must be >= 2 (start and end tokens)")
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    threads: int = 32  # concurrent downloads per worker, shared by its processes
+    # Processes per worker that download and decode (each with threads/processes
+    # threads). 0: one per core on the in-process runner, 1 on other runners,
+    # whose workers already run one SDK process per core.
+    processes: int = 0
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    deadline: float = 30.0  # whole URL: every retry, redirect and byte
+    retries: int = 2
+    backoff_base: float = 0.5
+    backoff_max: float = 8.0
+    max_bytes: int = 20 * 1024 * 1024
+    max_redirects: int = 5
+    user_agent: str = DEFAULT_USER_AGENT
+    batch_size: int = 256  # URLs handed to one thread pool at a time (bigger: fewer straggler waits)
+    # Politeness and safety (see README "Crawling politely and safely").
+    per_domain_concurrency: int = 16  # requests in flight to one host, per worker
+    per_domain_rps: float = 0.0  # requests per second to one host, per worker; 0 = unlimited
+    retry_after_max: float = 30.0  # longest Retry-After we wait for (still bounded by the deadline)
+    allow_private_network: bool = False  # loopback/private/link-local targets refused unless set
+    opt_out_tags: tuple[str, ...] = ("noai", "noimageai")  # X-Robots-Tag values that mean "do not use"
+    respect_robots_txt: bool = False
+    robots_user_agent: str = "paircurate"
+
+    def __post_init__(self) -> None:
+        check(self.threads >= 1, "download.threads must be >= 1")
+        check(self.processes >= 0, "download.processes must be >= 0 (0 = one per core on the in-process runner)")
+        check(self.connect_timeout > 0 and self.read_timeout > 0, "download timeouts must be > 0")
+        check(self.deadline > 0, "download.deadline must be > 0")
+        check(self.retries >= 0, "download.retries must be >= 0")
+        check(self.max_bytes > 0, "download.max_bytes must be > 0")
+        check(self.max_redirects >= 0, "download.max_redirects must be >= 0")
+        check(self.batch_size >= 1, "download.batch_size must be >= 1")
+        check(self.per_domain_concurrency >= 1, "download.per_domain_concurrency must be >= 1")
+        check(self.per_domain_rps >= 0, "download.per_domain_rps must be >= 0 (0 = unlimited)")
+        check(self.retry_after_max >= 0, "download.retry_after_max must be >= 0")
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    image_size: int = 256
+    resize_mode: str = "center_crop"
+    min_image_size: int = 0
+    max_aspect_ratio: float = 0.0  # 0 disables the check
+    encode_format: str = "jpg"
+    encode_quality: int = 95
+    max_pixels: int = 89_478_485  # Pillow's own default bomb limit
+
+    def __post_init__(self) -> None:
+        check(self.resize_mode in RESIZE_MODES, f"image.resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        check(self.encode_format in ENCODE_FORMATS, f"image.encode_format must be one of {ENCODE_FORMATS}, got {self.encode_format!r}")
+        check(self.image_size >= 1, "image.image_size must be >= 1")
+        check(1 <= self.encode_quality <= 100, "image.encode_quality must be in 1..100")
+        check(self.max_aspect_ratio == 0 or self.max_aspect_ratio >= 1, "image.max_aspect_ratio must be 0 (off) or >= 1")
+        check(self.max_pixels > 0, "image.max_pixels must be > 0")
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    enabled: bool = False
+    model: str = "ViT-B-32"
+    pretrained: str = "laion2b_s34b_b79k"
+    device: str = "auto"
+    precision: str = "auto"  # auto: bf16/fp16 autocast on CUDA, fp32 on CPU
+    batch_size: int = 128
+    threshold: float | None = None  # None: the model's published default
+    top_percent: float | None = None
+
+    def __post_init__(self) -> None:
+        check(self.device in ("auto", "cpu", "cuda"), f"clip.device must be auto, cpu or cuda, got {self.device!r}")
+        check(self.precision in ("auto", "fp32", "fp16", "bf16"), f"clip.precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
+        check(self.batch_size >= 1, "clip.batch_size must be >= 1")
+        check(self.top_percent is None or 0 < self.top_percent <= 100, "clip.top_percent must be in (0, 100]")
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    exact: bool = True  # same normalized URL or same image sha256
+    perceptual: bool = True  # pHash within phash_threshold bits
+    phash_threshold: int = 4  # Hamming distance (of 64 bits) that still counts as a copy
+    semantic: bool = True  # SemDeDup on CLIP image embeddings; needs CLIP on
+    semantic_threshold: float = 0.95  # cosine similarity at or above which two images are duplicates
+    semantic_clusters: int = 0  # k-means clusters; 0 = about sqrt(n)
+    semantic_nprobe: int = 2  # clusters each record is compared in; 1 = plain SemDeDup (misses border pairs)
+    dedup_against: str = ""  # output folder of an earlier run to deduplicate against
+    decontaminate_against: str = ""  # folder or Parquet of evaluation images to remove
+
+    def __post_init__(self) -> None:
+        check(0 <= self.phash_threshold <= 63, "dedup.phash_threshold must be in 0..63")
+        check(self.semantic_nprobe >= 1, "dedup.semantic_nprobe must be >= 1")
+        check(0 < self.semantic_threshold <= 1, "dedup.semantic_threshold must be in (0, 1]")
+        check(self.semantic_clusters >= 0, "dedup.semantic_clusters must be >= 0")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    path: str = ""
+    shard_size: int = 10_000  # input rows per shard, as img2dataset counts them
+
+    def __post_init__(self) -> None:
+        check(self.shard_size >= 1, "output.shard_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    beam_args: tuple[str, ...] = ()  # passed through to Beam's PipelineOptions
+    progress: bool = True
+    report: bool = True  # write OUT/report.html at the end of a run
+    # Input rows per pass of the pipeline (rounded to whole shards). 0: 500,000
+    # on the in-process runner, which holds a pass's shuffles in memory; one
+    # pass on other runners.
+    rows_per_pass: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.rows_per_pass >= 0, "runner.rows_per_pass must be >= 0 (0 = automatic)")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    input: InputConfig = field(default_factory=InputConfig)
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+
+    def validate_for_run(self) -> None:
+        check(bool(self.input.paths), "no input: give one or more files or globs (input.paths)")
+        check(bool(self.output.path), "no output folder: give -o/--output (output.path)")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PipelineConfig":
+        return _build(cls, data, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "PipelineConfig":
+        """Apply ``{"section.field": value}`` overrides (CLI flags over a file)."""
+        data = self.to_dict()
+        for dotted, value in overrides.items():
+            section, _, name = dotted.partition(".")
+            check(section in data and name in data[section], f"unknown config key {dotted!r}")
+            data[section][name] = value
+        return PipelineConfig.from_dict(data)
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    check(isinstance(data, Mapping), f"config section {prefix or '<root>'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - known
+    check(not unknown, f"unknown config key(s) {sorted(prefix + k for k in unknown)}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, prefix + name)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value or {}, where + ".")
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        check(isinstance(value, (list, tuple)), f"{where} must be a list, got {value!r}")
+        return tuple(_coerce(args[0], v, where) for v in value)
+    try:
+        if tp is bool:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                check(lowered in ("true", "false", "1", "0", "yes", "no"), f"{where} must be true/false, got {value!r}")
+                return lowered in ("true", "1", "yes")
+            return bool(value)
+        if tp in (int, float):
+            check(not isinstance(value, bool), f"{where} must be a number, got {value!r}")
+            return tp(value)
+        if tp is str:
+            check(isinstance(value, (str, int, float)), f"{where} must be a string, got {value!r}")
+            return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: cannot use {value!r} as {tp.__name__}") from exc
+    return value
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
