@@ -17,9 +17,9 @@ import statistics
 import time
 
 import torch
-
-from paircurate import synthetic
 from paircurate.embeddings.clip import TINY_MODEL, load_clip
+
+from paircurate.testing import synthetic
 
 MODELS = {
     "tiny": (TINY_MODEL, TINY_MODEL),

@@ -22,11 +22,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
+from paircurate.crawl.client import download_image, make_pool
+from paircurate.imaging.prepare import prepare_image
 from paircurate.schemas.config import DownloadConfig, ImageConfig
 from paircurate.schemas.outcomes import RejectError
-from paircurate.filters.image import prepare_image
-from paircurate.loopback import FAULT_IMAGE, LoopbackServer
-from paircurate.pipeline.fetch import download_image, make_pool
+
+from paircurate.testing.loopback import FAULT_IMAGE, LoopbackServer
 
 ROBOTS_TXT = b"User-agent: paircurate\nDisallow: /private/\n\nUser-agent: *\nDisallow:\n"
 RSS_MAX_BYTES = 20 * 1024 * 1024

@@ -106,7 +106,7 @@ def _rss_mb() -> tuple[float, float]:
 
 
 def run_semdedup(data: str, threshold: float, nprobe: int, out: str) -> dict:
-    from paircurate.embeddings.index import semdedup
+    from paircurate.dedup.semantic import semdedup
 
     x = np.load(data)
     uids = [format(i, "016x") for i in range(len(x))]

@@ -26,7 +26,7 @@ import time
 
 import psutil
 
-from paircurate.loopback import LoopbackServer
+from paircurate.testing.loopback import LoopbackServer
 
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "imagenet-sample-250")
 

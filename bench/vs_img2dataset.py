@@ -26,7 +26,7 @@ import time
 
 from throughput import DEFAULT_DATA, paircurate_command, serve_photos, write_url_list
 
-from paircurate.loopback import LoopbackServer
+from paircurate.testing.loopback import LoopbackServer
 
 I2D_SCRIPT = """
 import sys

@@ -27,11 +27,11 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
+from paircurate.filters.similarity import TINY_MODEL
 from PIL import Image
 
 log = logging.getLogger(__name__)
 
-TINY_MODEL = "paircurate-tiny"
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 TINY_CONFIG_PATH = ASSETS_DIR / f"{TINY_MODEL}.json"  # open_clip names a config after its file stem
 TINY_CHECKPOINT_PATH = ASSETS_DIR / "paircurate_tiny.safetensors"
@@ -45,35 +45,6 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _HF_CONFIG_NAME = "open_clip_config.json"
 _HF_WEIGHTS_NAME = "open_clip_pytorch_model.bin"
 _HF_SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"
-
-# Published CLIP-score (image-caption cosine) thresholds. A threshold belongs
-# to the weights it was measured with: other weights of the same architecture
-# have a differently shaped score distribution, so they get no entry (and
-# default_threshold returns None) rather than a borrowed number.
-DEFAULT_THRESHOLDS: dict[tuple[str, str], float] = {
-    # LAION-5B (Schuhmann et al. 2022, and the laion.ai/blog/laion-5b post):
-    # English pairs kept at cosine >= 0.28 with OpenAI's ViT-B/32. LAION-400M
-    # had used 0.3 with the same model, calling 0.3 the conservative choice
-    # after human review and 0.28-0.29 "also okay"; we follow the later 0.28.
-    ("ViT-B-32", "openai"): 0.28,
-    # DataComp (Gadre et al. 2023), baseline "CLIP score (L/14 30%)": keep the
-    # top 30% of the pool by OpenAI ViT-L/14 score. That fraction corresponds to
-    # about 0.243 on the DataComp pool. Caveat: DataComp defines the baseline by
-    # the fraction (its baselines/apply_filter.py computes the threshold as a
-    # quantile of the pool), and we could not re-check the 0.243 figure against
-    # the paper text while writing this; treat it as approximate and prefer
-    # clip.top_percent when matching DataComp exactly.
-    ("ViT-L-14", "openai"): 0.243,
-    # Measured, not published: the bundled synthetic-shapes model, on 2,000
-    # held-out pairs (train_tiny.py evaluation, seed 1000), true captions vs
-    # another image's caption of a different shape or colour. True: mean 0.81,
-    # 1st percentile 0.62. Swapped: mean 0.04, 99th percentile 0.68 (the tail
-    # is captions that differ from the image in one attribute only). The cut
-    # maximising TPR - FPR (Youden's J) was 0.612 at 64 px and 0.606 for
-    # 256 px JPEGs; we round down to 0.60, keeping 99.4% of true pairs and
-    # 3% of swapped ones at either size.
-    (TINY_MODEL, TINY_MODEL): 0.60,
-}
 
 
 class ModelLoadError(RuntimeError):
@@ -233,18 +204,6 @@ def load_clip(
         pretrained=pretrained,
         batch_size=batch_size,
     )
-
-
-def default_threshold(model: str, pretrained: str | None) -> float | None:
-    """The published CLIP-score threshold for these weights, or None when there is none.
-
-        >>> default_threshold("ViT-B/32", "openai")
-        0.28
-    """
-    if not pretrained:
-        return None
-    key = (_canonical_model(model), _canonical_tag(pretrained))
-    return DEFAULT_THRESHOLDS.get(key)
 
 
 @dataclass(frozen=True)
@@ -413,15 +372,6 @@ def _how_to_provide(model_name: str, tag_cfg: dict | None = None) -> str:
         "and copy it here (HF_HOME / HF_HUB_CACHE, or pass cache_dir);\n"
         f"  4. for tests and demos: load_clip({TINY_MODEL!r}, {TINY_MODEL!r}), bundled with paircurate."
     )
-
-
-def _canonical_model(model: str) -> str:
-    name = model.replace("/", "-")
-    return name[: -len("-quickgelu")] if name.endswith("-quickgelu") else name
-
-
-def _canonical_tag(tag: str) -> str:
-    return tag if tag == TINY_MODEL else tag.lower().replace("-", "_")
 
 
 def _pick_device(device: str) -> torch.device:

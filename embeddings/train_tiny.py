@@ -25,11 +25,17 @@ import numpy as np
 import open_clip
 import torch
 from open_clip.loss import ClipLoss
+from paircurate.embeddings.clip import (
+    TINY_CHECKPOINT_PATH,
+    TINY_MODEL,
+    ClipModel,
+    load_clip,
+    register_tiny_config,
+)
 from PIL import Image
 from safetensors.torch import save_file
 
-from paircurate import synthetic
-from paircurate.embeddings.clip import TINY_CHECKPOINT_PATH, TINY_MODEL, ClipModel, load_clip, register_tiny_config
+from paircurate.testing import synthetic
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,13 @@ import sys
 from typing import Any, Callable
 
 from paircurate.config import PRESETS, load_config
-from paircurate.schemas.config import ENCODE_FORMATS, INPUT_FORMATS, RESIZE_MODES, PipelineConfig, UserError
+from paircurate.schemas.config import (
+    ENCODE_FORMATS,
+    INPUT_FORMATS,
+    RESIZE_MODES,
+    PipelineConfig,
+    UserError,
+)
 
 # (flag, config key, argparse kwargs). The help text is the documentation.
 _RUN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from paircurate.schemas.config import PipelineConfig
-from paircurate.loopback import LoopbackServer
-from paircurate.synthetic import make_samples, mismatched_caption
+from paircurate.testing.loopback import LoopbackServer
+from paircurate.testing.synthetic import make_samples, mismatched_caption
 
 DEMO_SEED = 1234
 SWAPPED_FRACTION = 0.15

@@ -22,9 +22,21 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from paircurate.schemas.outcomes import Stage
 from paircurate.inspection import human_bytes, inspect_output, read_column
-from paircurate.schemas.records import CAPTION, CLIP_SCORE, DETAIL, DUPLICATE_OF, ORIGINAL_HEIGHT, ORIGINAL_WIDTH, REASON, SIMILARITY, STAGE, UID, URL
+from paircurate.schemas.outcomes import Stage
+from paircurate.schemas.records import (
+    CAPTION,
+    CLIP_SCORE,
+    DETAIL,
+    DUPLICATE_OF,
+    ORIGINAL_HEIGHT,
+    ORIGINAL_WIDTH,
+    REASON,
+    SIMILARITY,
+    STAGE,
+    UID,
+    URL,
+)
 
 REPORT_FILE = "report.html"
 THUMB_SIDE = 128

@@ -41,7 +41,10 @@ def verify_train(out_dir: str, model: str | None = None, pretrained: str | None 
     from open_clip_train import data as train_data
     from open_clip_train import main as train_main
 
-    from paircurate.embeddings.clip import TINY_CHECKPOINT_PATH, TINY_MODEL  # registers the small model's config
+    from paircurate.embeddings.clip import (  # registers the small model's config
+        TINY_CHECKPOINT_PATH,
+        TINY_MODEL,
+    )
 
     model = model or TINY_MODEL
     pretrained = pretrained or (str(TINY_CHECKPOINT_PATH) if model == TINY_MODEL else None)

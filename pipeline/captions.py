@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import apache_beam as beam
-
-from paircurate.schemas.config import CaptionConfig
-from paircurate.filters.caption import CaptionTokenizer, check_caption, clean_caption
-from paircurate.schemas.outcomes import Reason, Stage
+from paircurate.embeddings.tokenizer import CaptionTokenizer
+from paircurate.filters.caption import check_caption, clean_caption
 from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs
 from paircurate.schemas import records as R
+from paircurate.schemas.config import CaptionConfig
+from paircurate.schemas.outcomes import Reason, Stage
 
 
 class _CleanCaptionFn(beam.DoFn):

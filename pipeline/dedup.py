@@ -27,14 +27,14 @@ import os
 import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
-from PIL import Image
-
-from paircurate.schemas.config import DedupConfig, ImageConfig
-from paircurate.schemas.outcomes import Reason
-from paircurate.filters.image import prepare_image
-from paircurate.filters.duplicates import PhashIndex, exact_pairs, pairs_within, phash, phash_bands, resolve_duplicates
+from paircurate.dedup.components import exact_pairs, resolve_duplicates
+from paircurate.dedup.perceptual import PhashIndex, pairs_within, phash, phash_bands
+from paircurate.imaging.prepare import prepare_image
 from paircurate.schemas import records as R
+from paircurate.schemas.config import DedupConfig, ImageConfig
 from paircurate.schemas.identity import normalize_url
+from paircurate.schemas.outcomes import Reason
+from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class _AssignClustersFn(beam.DoFn):
         self._nprobe = nprobe
 
     def process(self, batch: list[dict], centroids: np.ndarray):
-        from paircurate.embeddings.index import nearest_clusters
+        from paircurate.dedup.semantic import nearest_clusters
 
         batch = [k for k in batch if k[R.IMAGE_EMBEDDING] is not None]
         if not batch:
@@ -189,7 +189,7 @@ class _AssignClustersFn(beam.DoFn):
 
 
 def _cluster_pairs(item, threshold: float):
-    from paircurate.embeddings.index import cluster_pairs
+    from paircurate.dedup.semantic import cluster_pairs
 
     cid, members = item
     members = sorted(members, key=lambda m: m[0])  # same order on every runner
@@ -198,7 +198,7 @@ def _cluster_pairs(item, threshold: float):
 
 
 def _train_centroids(sample: list[np.ndarray], count: int, n_clusters: int) -> np.ndarray | None:
-    from paircurate.embeddings.index import default_n_clusters, train_kmeans
+    from paircurate.dedup.semantic import default_n_clusters, train_kmeans
 
     if not sample:
         return None

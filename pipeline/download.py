@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
-
-from paircurate.schemas.config import DownloadConfig, ImageConfig
-from paircurate.schemas.outcomes import Stage
-from paircurate.pipeline.fetch_workers import FetchWorkers
+from paircurate.crawl.workers import FetchWorkers
 from paircurate.pipeline.progress import ProgressReporter
 from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs
 from paircurate.schemas import records as R
+from paircurate.schemas.config import DownloadConfig, ImageConfig
+from paircurate.schemas.outcomes import Stage
 
 
 def _in_global_window(output):

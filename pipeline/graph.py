@@ -13,14 +13,13 @@ and names the ones to remove; the shard writer turns those into reject rows.
 from __future__ import annotations
 
 import apache_beam as beam
-
-from paircurate.schemas.config import PipelineConfig
 from paircurate.pipeline.captions import CleanCaptions
 from paircurate.pipeline.dedup import FindDuplicates
 from paircurate.pipeline.download import DownloadImages
 from paircurate.pipeline.read import InputFile, ReadPairs
 from paircurate.pipeline.spool import SpoolSamples
 from paircurate.pipeline.write import WriteShards
+from paircurate.schemas.config import PipelineConfig
 
 
 def build_graph(
@@ -43,7 +42,9 @@ def build_graph(
     rejected = [pairs.rejected, captions.rejected, images.rejected]
 
     if cfg.clip.enabled:
-        from paircurate.pipeline.score import ScoreClip  # torch is imported only when scoring
+        from paircurate.pipeline.score import (
+            ScoreClip,  # torch is imported only when scoring
+        )
 
         scored = kept | "Clip" >> ScoreClip(cfg.clip, cfg.output.path)
         kept = scored.kept

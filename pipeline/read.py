@@ -20,13 +20,12 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-
-from paircurate.schemas.config import InputConfig, UserError
-from paircurate.schemas.outcomes import Reason, Stage
 from paircurate.filters.url import check_url
 from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs
 from paircurate.schemas import records as R
+from paircurate.schemas.config import InputConfig, UserError
 from paircurate.schemas.identity import make_uid
+from paircurate.schemas.outcomes import Reason, Stage
 
 _EXTENSIONS = {
     ".parquet": "parquet",

@@ -18,32 +18,22 @@ import os
 
 import apache_beam as beam
 import numpy as np
-from PIL import Image
-
-from paircurate.schemas.config import ClipConfig
-from paircurate.schemas.outcomes import Reason, Stage
-from paircurate.filters.similarity import check_clip_score, combined_threshold, top_percent_cutoff
+from paircurate.filters.similarity import (
+    check_clip_score,
+    combined_threshold,
+    resolve_threshold,
+    top_percent_cutoff,
+)
 from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs
 from paircurate.schemas import records as R
+from paircurate.schemas.config import ClipConfig
+from paircurate.schemas.outcomes import Reason, Stage
+from PIL import Image
 
 log = logging.getLogger(__name__)
 
-STAGE_STATS_FILE = "_stage_clip.json"
+CUTOFF_FILE = "_clip_cutoff.json"  # the top-percent cutoff, written when the run computes it
 _QUANTILES = 1001  # 0.1 % resolution for --clip-top-percent
-
-
-def resolve_threshold(cfg: ClipConfig) -> tuple[float | None, str]:
-    """The fixed threshold to apply and where it came from."""
-    if cfg.threshold is not None:
-        return cfg.threshold, "configured"
-    if cfg.top_percent is not None:
-        return None, "none (top-percent only)"
-    from paircurate.embeddings.clip import default_threshold
-
-    value = default_threshold(cfg.model, cfg.pretrained)
-    if value is None:
-        return None, f"none: no published default for {cfg.model}/{cfg.pretrained}; give --clip-threshold"
-    return value, f"published default for {cfg.model}/{cfg.pretrained}"
 
 
 class _ClipScoreFn(beam.DoFn):
@@ -98,27 +88,20 @@ class _ScoreFilterFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(REJECTED, R.make_reject(record, Stage.CLIP, decision.reason, decision.detail))
 
 
-def _write_stage_stats(out_dir: str, payload: dict) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, STAGE_STATS_FILE)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
 class _RecordCutoff(beam.DoFn):
-    def __init__(self, out_dir: str, payload: dict, percent: float) -> None:
+    """Turns the run's score quantiles into the cutoff, and leaves it in the output folder for the run's stats."""
+
+    def __init__(self, out_dir: str, percent: float) -> None:
         self._out = out_dir
-        self._payload = payload
         self._percent = percent
 
     def process(self, quantiles):
         cutoff = top_percent_cutoff(quantiles, self._percent)
-        payload = dict(self._payload)
-        payload["clip_top_percent_cutoff"] = cutoff
-        payload["clip_threshold"] = combined_threshold(payload["clip_threshold"], cutoff)
-        _write_stage_stats(self._out, payload)
+        path = os.path.join(self._out, CUTOFF_FILE)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as fh:
+            json.dump({"clip_top_percent_cutoff": cutoff}, fh)
+        os.replace(tmp, path)
         yield cutoff
 
 
@@ -131,14 +114,7 @@ class ScoreClip(beam.PTransform):
         self._out = out_dir
 
     def expand(self, pairs) -> StageOutputs:
-        threshold, source = resolve_threshold(self._cfg)
-        payload = {
-            "clip_model": self._cfg.model,
-            "clip_pretrained": self._cfg.pretrained,
-            "clip_threshold": threshold,
-            "clip_threshold_source": source,
-            "clip_top_percent": self._cfg.top_percent,
-        }
+        threshold, _source = resolve_threshold(self._cfg)
         size = self._cfg.batch_size
         scored = (
             pairs
@@ -146,15 +122,13 @@ class ScoreClip(beam.PTransform):
             | "Score" >> beam.ParDo(_ClipScoreFn(self._cfg)).with_outputs(REJECTED, main="scored")
         )
         if self._cfg.top_percent is None:
-            # Known before any record is scored: record it now (driver side).
-            _write_stage_stats(self._out, payload)
             filtered = scored.scored | "Threshold" >> beam.ParDo(_ScoreFilterFn(threshold)).with_outputs(REJECTED, main="kept")
         else:
             cutoff = (
                 scored.scored
                 | "Scores" >> beam.Map(lambda r: r[R.CLIP_SCORE])
                 | "Quantiles" >> beam.transforms.stats.ApproximateQuantiles.Globally(_QUANTILES)
-                | "Cutoff" >> beam.ParDo(_RecordCutoff(self._out, payload, self._cfg.top_percent))
+                | "Cutoff" >> beam.ParDo(_RecordCutoff(self._out, self._cfg.top_percent))
             )
             filtered = scored.scored | "TopPercent" >> beam.ParDo(
                 _ScoreFilterFn(threshold), cutoff=beam.pvalue.AsSingleton(cutoff, default_value=None)

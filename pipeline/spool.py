@@ -25,7 +25,6 @@ import uuid
 from collections import OrderedDict
 
 import apache_beam as beam
-
 from paircurate.schemas import records as R
 
 SPOOL_DIR = "_spool"

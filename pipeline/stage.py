@@ -6,7 +6,6 @@ from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-
 from paircurate.schemas.outcomes import Reason, Stage
 
 REJECTED = "rejected"

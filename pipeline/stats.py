@@ -8,8 +8,8 @@ import os
 import platform
 from collections import Counter, defaultdict
 
-from paircurate.schemas.outcomes import Stage
 from paircurate.pipeline.write import STATS_SUFFIX
+from paircurate.schemas.outcomes import Stage
 
 _VERSIONED_PACKAGES = ("paircurate", "apache-beam", "pyarrow", "Pillow", "webdataset", "ftfy", "numpy", "urllib3", "torch", "open_clip_torch", "faiss-cpu")
 

@@ -33,11 +33,10 @@ from typing import Iterable
 import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
-
-from paircurate.schemas.outcomes import Reason, Stage
 from paircurate.pipeline.spool import input_position, load_sample, remove_shard_spool
 from paircurate.pipeline.stage import METRICS_NAMESPACE, StageCounters
 from paircurate.schemas import records as R
+from paircurate.schemas.outcomes import Reason, Stage
 
 STATS_SUFFIX = "_stats.json"
 REJECTED_DIR = "rejected"

@@ -5,8 +5,6 @@ below. Each stage adds fields; writers cast to the declared schema and fail
 loudly on a mismatch, so a renamed or retyped field cannot slip into a release.
 
     >>> import pyarrow as pa
-
-from paircurate.schemas.outcomes import Reason, Stage
     >>> table = pa.Table.from_pylist([...], schema=sample_schema())
 """
 
@@ -15,6 +13,7 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 import pyarrow as pa
+from paircurate.schemas.outcomes import Reason, Stage
 
 SCHEMA_VERSION = "1"
 SCHEMA_VERSION_KEY = b"paircurate.schema_version"

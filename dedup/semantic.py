@@ -1,4 +1,4 @@
-"""FAISS helpers for semantic deduplication and for matching against a reference set.
+"""SemDeDup with FAISS: k-means clusters, then near pairs of CLIP image embeddings within each.
 
 Vectors are L2-normalised first, so inner product means cosine similarity.
 
@@ -12,11 +12,6 @@ The same steps as the pipeline runs them, one cluster per group:
     >>> sims, clusters = nearest_clusters(batch, centroids, k=2)    # per record: primary first
     >>> # key each record by every id in its row of ``clusters``, group by key, then per group:
     >>> pairs = cluster_pairs(cluster_id, uids, embeddings, clusters_of_those_records, 0.95)
-
-Matching against an earlier run or an evaluation set:
-
-    >>> index = build_index(earlier_embeddings, "Flat"); save_index(index, "earlier.faiss")
-    >>> found = match_against(load_index("earlier.faiss"), earlier_uids, uids, embeddings, 0.95)
 
 Why ``k=2``: plain SemDeDup puts each point in one cluster and compares only
 within it, so a pair that straddles a cluster border is never compared. Each
@@ -37,9 +32,8 @@ from typing import Any, Iterator, Sequence
 
 import faiss
 import numpy as np
-
+from paircurate.dedup.components import DuplicatePair
 from paircurate.schemas.outcomes import Reason
-from paircurate.filters.duplicates import DuplicatePair, Match, best_match_per_uid
 
 log = logging.getLogger(__name__)
 
@@ -282,86 +276,13 @@ def _semdedup(
     return i[order], j[order], sims[order]
 
 
-def semdedup(
-    uids: Sequence[str],
-    embeddings: np.ndarray,
-    threshold: float,
-    n_clusters: int = 0,
-    nprobe: int = 2,
-    seed: int = 0,
-    gpu: bool | None = None,
-    max_points_per_centroid: int = POINTS_PER_CENTROID,
-    workers: int = 0,
-    stats: dict[str, Any] | None = None,
-) -> list[DuplicatePair]:
+def semdedup(uids: Sequence[str], embeddings: np.ndarray, threshold: float, **options: Any) -> list[DuplicatePair]:
     """SemDeDup end to end: k-means, assignment, per-cluster pairs, as DuplicatePairs.
 
-    Arguments as for :func:`semdedup_indices`.
+    ``options`` are those of :func:`semdedup_indices`.
     """
     x = _checked(uids, embeddings, threshold)
-    i, j, sims = _semdedup(x, threshold, n_clusters, nprobe, seed, gpu, max_points_per_centroid, workers, stats)
-    return _to_pairs(uids, i, j, sims)
-
-
-# --- reference indexes (--dedup-against, decontamination) -------------------
-
-
-def build_index(embeddings: np.ndarray, factory: str = "Flat") -> faiss.Index:
-    """An inner-product FAISS index over normalised ``embeddings``, rows keeping their order.
-
-    ``factory`` is a FAISS index-factory string: "Flat" is exact; "IVF4096,Flat"
-    or "HNSW32" trade a little recall for speed on millions of references.
-    """
-    x = normalize(embeddings)
-    index = faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-    if not index.is_trained:
-        index.train(x)
-    index.add(x)
-    return index
-
-
-def save_index(index: faiss.Index, path: str | os.PathLike) -> None:
-    faiss.write_index(index, os.fspath(path))
-
-
-def load_index(path: str | os.PathLike) -> faiss.Index:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"FAISS index not found: {os.fspath(path)}")
-    return faiss.read_index(os.fspath(path))
-
-
-def query_matches(index: faiss.Index, embeddings: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
-    """(query row, index row, cosine) for every indexed vector with cosine >= ``threshold``."""
-    x = normalize(embeddings)
-    _check_threshold(threshold)
-    if x.shape[1] != index.d:
-        raise ValueError(f"embeddings have {x.shape[1]} dimensions, the index {index.d}")
-    radius = _range_radius(threshold)
-    found: list[tuple[int, int, float]] = []
-    for start in range(0, len(x), _QUERY_BATCH):
-        lims, sims, ids = index.range_search(x[start : start + _QUERY_BATCH], radius)
-        rows = np.repeat(np.arange(len(lims) - 1), np.diff(lims.astype(np.int64))) + start
-        found.extend(zip(rows.tolist(), ids.tolist(), np.minimum(sims, 1.0).tolist()))
-    return found
-
-
-def match_against(
-    index: faiss.Index,
-    ref_ids: Sequence[str],
-    uids: Sequence[str],
-    embeddings: np.ndarray,
-    threshold: float,
-) -> dict[str, Match]:
-    """uid -> best reference (highest cosine, then smallest ref id) at or above ``threshold``.
-
-    ``ref_ids[r]`` names row ``r`` of ``index``. Same result shape as
-    ``paircurate.filters.duplicates.contaminated`` for pHash matches.
-    """
-    if len(ref_ids) != index.ntotal:
-        raise ValueError(f"index holds {index.ntotal} vectors but {len(ref_ids)} reference ids were given")
-    if len(uids) != len(embeddings):
-        raise ValueError(f"{len(uids)} uids for {len(embeddings)} embeddings")
-    return best_match_per_uid((uids[q], ref_ids[r], s) for q, r, s in query_matches(index, embeddings, threshold))
+    return _to_pairs(uids, *semdedup_indices(x, threshold, **options))
 
 
 # --- internals ---------------------------------------------------------------

@@ -42,14 +42,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 from urllib.parse import urlsplit
 
-from PIL import Image
-
+from paircurate.crawl.client import FetchContext, download_image, make_pool
+from paircurate.dedup.perceptual import phash
+from paircurate.imaging.prepare import prepare_image
+from paircurate.schemas import records as R
 from paircurate.schemas.config import DownloadConfig, ImageConfig
 from paircurate.schemas.outcomes import Reason, RejectError, Stage
-from paircurate.filters.duplicates import phash
-from paircurate.filters.image import prepare_image
-from paircurate.pipeline.fetch import FetchContext, download_image, make_pool
-from paircurate.schemas import records as R
+from PIL import Image
 
 log = logging.getLogger(__name__)
 

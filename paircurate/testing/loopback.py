@@ -244,83 +244,119 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def _fault(self, name: str, q: dict[str, str]) -> None:
-        owner = self.server.owner
-        stopping = owner._stopping
-        parts = name.split("/")
-        kind = parts[0]
-
-        if name == "404":
-            self._send(404, b"not found\n", "text/plain")
-        elif name == "500":
-            self._send(500, b"internal error\n", "text/plain")
-        elif kind == "status" and len(parts) == 2 and parts[1].isdigit():
-            self._send(int(parts[1]), f"status {parts[1]}\n".encode(), "text/plain")
-        elif kind == "flaky" and len(parts) == 3 and parts[1].isdigit():
-            if owner._bump(("flaky", parts[2])) <= int(parts[1]):
-                self._send(500, b"flaky failure\n", "text/plain")
-            else:
-                self._send(200, FAULT_IMAGE, "image/png")
-        elif name == "slow":
-            if stopping.wait(float(q.get("seconds", "1"))):
-                self.close_connection = True
-                return
-            self._send(200, FAULT_IMAGE, "image/png")
-        elif name == "drip":
-            interval = float(q.get("interval", "0.5"))
-            self.close_connection = True
-            self._head(200, "image/jpeg", {"Content-Length": str(_DRIP_DECLARED)})
-            for i in range(_DRIP_DECLARED):
-                if stopping.wait(interval):
-                    return
-                self.wfile.write(_JUNK[i % 256 : i % 256 + 1])
-        elif name == "reset":
-            self._head(200, "image/jpeg", {"Content-Length": str(_PARTIAL_DECLARED)})
-            self.wfile.write(_JUNK[:_PARTIAL_SENT])
-            self._reset()
-        elif name == "truncated":
-            self.close_connection = True
-            self._head(200, "image/jpeg", {"Content-Length": str(_PARTIAL_DECLARED)})
-            self.wfile.write(_JUNK[:_PARTIAL_SENT])
-        elif name == "html":
-            page = b"<!doctype html><html><head><title>Not an image</title></head><body>hello</body></html>\n"
-            self._send(200, page, "text/html; charset=utf-8")
-        elif name == "large":
-            self._large(int(q.get("bytes", str(10 * 1024 * 1024))), q.get("declare", "1") != "0", q.get("chunked", "1") != "0")
-        elif name == "endless":
-            chunk = _JUNK[: max(1, min(int(q.get("chunk", "16384")), len(_JUNK)))]
-            interval = float(q.get("interval", "0.01"))
-            self.close_connection = True
-            self._head(200, "image/jpeg", {"Transfer-Encoding": "chunked"})
-            framed = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
-            while not stopping.is_set():
-                self.wfile.write(framed)
-                if interval > 0 and stopping.wait(interval):
-                    return
-        elif name == "redirect-loop":
-            self._redirect("/fault/redirect-loop/b")
-        elif name == "redirect-loop/b":
-            self._redirect("/fault/redirect-loop")
-        elif name == "redirect":
-            self._redirect(q.get("to", "/"), int(q.get("code", "302")))
-        elif kind == "redirect-chain" and len(parts) == 2 and parts[1].isdigit():
-            hops = int(parts[1])
-            if hops > 0:
-                self._redirect(f"/fault/redirect-chain/{hops - 1}")
-            else:
-                self._send(200, FAULT_IMAGE, "image/png")
-        elif name == "noai":
-            self._send(200, FAULT_IMAGE, "image/png", {"X-Robots-Tag": q.get("tag", "noai")})
-        elif name == "bomb":
-            self._send(200, png_bomb(int(q.get("side", "30000"))), "image/png")
-        elif name == "429":
-            status = int(q.get("status", "429"))
-            if owner._bump(("429", q.get("id", ""))) == 1:
-                headers = {"Retry-After": q["retry_after"]} if "retry_after" in q else {}
-                self._send(status, b"slow down\n", "text/plain", headers)
-            else:
-                self._send(200, FAULT_IMAGE, "image/png")
-        else:
+        """``/fault/KIND[/ARG...]``: look KIND up in ``FAULT_ROUTES`` and answer with it."""
+        kind, *args = name.split("/")
+        route = FAULT_ROUTES.get(kind)
+        if route is None or not route(self, args, q):
             self._send(404, f"unknown fault route {name!r}\n".encode(), "text/plain")
+
+    # Each fault answers one request; it returns False when its arguments do not fit (-> 404).
+
+    def _fault_status(self, args: list[str], q: dict[str, str], status: int | None = None) -> bool:
+        if status is None:
+            if len(args) != 1 or not args[0].isdigit():
+                return False
+            status = int(args[0])
+        elif args:
+            return False
+        self._send(status, {404: b"not found\n", 500: b"internal error\n"}.get(status, f"status {status}\n".encode()), "text/plain")
+        return True
+
+    def _fault_flaky(self, args: list[str], q: dict[str, str]) -> bool:
+        if len(args) != 2 or not args[0].isdigit():
+            return False
+        if self.server.owner._bump(("flaky", args[1])) <= int(args[0]):
+            self._send(500, b"flaky failure\n", "text/plain")
+        else:
+            self._send(200, FAULT_IMAGE, "image/png")
+        return True
+
+    def _fault_slow(self, args: list[str], q: dict[str, str]) -> bool:
+        if self.server.owner._stopping.wait(float(q.get("seconds", "1"))):
+            self.close_connection = True
+        else:
+            self._send(200, FAULT_IMAGE, "image/png")
+        return True
+
+    def _fault_drip(self, args: list[str], q: dict[str, str]) -> bool:
+        interval = float(q.get("interval", "0.5"))
+        self.close_connection = True
+        self._head(200, "image/jpeg", {"Content-Length": str(_DRIP_DECLARED)})
+        for i in range(_DRIP_DECLARED):
+            if self.server.owner._stopping.wait(interval):
+                break
+            self.wfile.write(_JUNK[i % 256 : i % 256 + 1])
+        return True
+
+    def _fault_reset(self, args: list[str], q: dict[str, str]) -> bool:
+        self._head(200, "image/jpeg", {"Content-Length": str(_PARTIAL_DECLARED)})
+        self.wfile.write(_JUNK[:_PARTIAL_SENT])
+        self._reset()
+        return True
+
+    def _fault_truncated(self, args: list[str], q: dict[str, str]) -> bool:
+        self.close_connection = True
+        self._head(200, "image/jpeg", {"Content-Length": str(_PARTIAL_DECLARED)})
+        self.wfile.write(_JUNK[:_PARTIAL_SENT])
+        return True
+
+    def _fault_html(self, args: list[str], q: dict[str, str]) -> bool:
+        page = b"<!doctype html><html><head><title>Not an image</title></head><body>hello</body></html>\n"
+        self._send(200, page, "text/html; charset=utf-8")
+        return True
+
+    def _fault_large(self, args: list[str], q: dict[str, str]) -> bool:
+        self._large(int(q.get("bytes", str(10 * 1024 * 1024))), q.get("declare", "1") != "0", q.get("chunked", "1") != "0")
+        return True
+
+    def _fault_endless(self, args: list[str], q: dict[str, str]) -> bool:
+        stopping = self.server.owner._stopping
+        chunk = _JUNK[: max(1, min(int(q.get("chunk", "16384")), len(_JUNK)))]
+        interval = float(q.get("interval", "0.01"))
+        self.close_connection = True
+        self._head(200, "image/jpeg", {"Transfer-Encoding": "chunked"})
+        framed = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+        while not stopping.is_set():
+            self.wfile.write(framed)
+            if interval > 0 and stopping.wait(interval):
+                break
+        return True
+
+    def _fault_redirect_loop(self, args: list[str], q: dict[str, str]) -> bool:
+        if args not in ([], ["b"]):
+            return False
+        self._redirect("/fault/redirect-loop" if args else "/fault/redirect-loop/b")
+        return True
+
+    def _fault_redirect(self, args: list[str], q: dict[str, str]) -> bool:
+        self._redirect(q.get("to", "/"), int(q.get("code", "302")))
+        return True
+
+    def _fault_redirect_chain(self, args: list[str], q: dict[str, str]) -> bool:
+        if len(args) != 1 or not args[0].isdigit():
+            return False
+        hops = int(args[0])
+        if hops > 0:
+            self._redirect(f"/fault/redirect-chain/{hops - 1}")
+        else:
+            self._send(200, FAULT_IMAGE, "image/png")
+        return True
+
+    def _fault_noai(self, args: list[str], q: dict[str, str]) -> bool:
+        self._send(200, FAULT_IMAGE, "image/png", {"X-Robots-Tag": q.get("tag", "noai")})
+        return True
+
+    def _fault_bomb(self, args: list[str], q: dict[str, str]) -> bool:
+        self._send(200, png_bomb(int(q.get("side", "30000"))), "image/png")
+        return True
+
+    def _fault_429(self, args: list[str], q: dict[str, str]) -> bool:
+        if self.server.owner._bump(("429", q.get("id", ""))) == 1:
+            headers = {"Retry-After": q["retry_after"]} if "retry_after" in q else {}
+            self._send(int(q.get("status", "429")), b"slow down\n", "text/plain", headers)
+        else:
+            self._send(200, FAULT_IMAGE, "image/png")
+        return True
 
     def _large(self, size: int, declare: bool, chunked: bool) -> None:
         stopping = self.server.owner._stopping
@@ -354,6 +390,28 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.rfile.close()  # drops the makefile reference so close() is real
         self.connection.close()
+
+
+# /fault/KIND[/ARG...] -> how the handler answers (query parameters tune some).
+FAULT_ROUTES = {
+    "404": lambda h, args, q: h._fault_status(args, q, status=404),
+    "500": lambda h, args, q: h._fault_status(args, q, status=500),
+    "status": _Handler._fault_status,  # /fault/status/N
+    "flaky": _Handler._fault_flaky,  # /fault/flaky/N/ID: 500 for the first N requests of ID, then an image
+    "slow": _Handler._fault_slow,  # ?seconds=
+    "drip": _Handler._fault_drip,  # one body byte per ?interval=
+    "reset": _Handler._fault_reset,
+    "truncated": _Handler._fault_truncated,
+    "html": _Handler._fault_html,
+    "large": _Handler._fault_large,  # ?bytes=&declare=&chunked=
+    "endless": _Handler._fault_endless,  # ?chunk=&interval=
+    "redirect-loop": _Handler._fault_redirect_loop,
+    "redirect": _Handler._fault_redirect,  # ?to=&code=
+    "redirect-chain": _Handler._fault_redirect_chain,  # /fault/redirect-chain/N
+    "noai": _Handler._fault_noai,  # ?tag=
+    "bomb": _Handler._fault_bomb,  # ?side=
+    "429": _Handler._fault_429,  # ?id=&status=&retry_after=: the first request of ID only
+}
 
 
 def _host_name(host_header: str) -> str:

@@ -55,6 +55,16 @@ from datetime import timezone
 from urllib.parse import urldefrag, urljoin
 
 import urllib3
+from paircurate.crawl.politeness import (
+    HostLimiter,
+    RobotsCache,
+    allow_all_robots,
+    blocked_address_reason,
+    opt_out_matches,
+    parse_robots_txt,
+)
+from paircurate.schemas.config import DownloadConfig
+from paircurate.schemas.outcomes import Reason, RejectError
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import (
@@ -70,17 +80,6 @@ from urllib3.exceptions import (
 )
 from urllib3.util import parse_url
 from urllib3.util.connection import create_connection
-
-from paircurate.schemas.config import DownloadConfig
-from paircurate.schemas.outcomes import Reason, RejectError
-from paircurate.pipeline.politeness import (
-    HostLimiter,
-    RobotsCache,
-    allow_all_robots,
-    blocked_address_reason,
-    opt_out_matches,
-    parse_robots_txt,
-)
 
 log = logging.getLogger(__name__)
 

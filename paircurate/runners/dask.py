@@ -35,9 +35,18 @@ import dask
 import dask.bag as db
 from apache_beam import DoFn, TaggedOutput, pvalue
 from apache_beam.pipeline import PipelineVisitor
-from apache_beam.runners.common import DoFnContext, DoFnInvoker, DoFnSignature, _OutputHandler
+from apache_beam.runners.common import (
+    DoFnContext,
+    DoFnInvoker,
+    DoFnSignature,
+    _OutputHandler,
+)
 from apache_beam.runners.dask import transform_evaluator as te
-from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunner, DaskRunnerResult
+from apache_beam.runners.dask.dask_runner import (
+    DaskOptions,
+    DaskRunner,
+    DaskRunnerResult,
+)
 from apache_beam.runners.dask.overrides import dask_overrides
 from apache_beam.transforms.sideinputs import SideInputMap
 

@@ -1,0 +1,128 @@
+"""Which Beam runner a run uses, and what that choice means for the run.
+
+    >>> runner, options = make_runner(("--runner", "dask", "--dask-address", "tcp://127.0.0.1:8786"))
+
+Two properties of the choice shape a run, and are decided here only:
+
+- ``keeps_shuffles_in_memory``: Beam's in-process runner (any mode) holds what
+  a pipeline shuffles until it ends, so big inputs run in passes;
+- ``is_only_worker``: in its in-memory mode this process is the whole cluster,
+  so the download stage starts one process per core itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+from paircurate.crawl.workers import default_processes
+from paircurate.schemas.config import ConfigError, PipelineConfig
+
+_IN_PROCESS_RUNNERS = {"", "direct", "directrunner", "fnapirunner"}
+_DASK_RUNNERS = {"dask", "daskrunner"}
+# Our spelling of the scheduler address -> Beam's DaskOptions flag.
+_DASK_ADDRESS_FLAGS = ("--dask-address", "--dask_address", "--dask-client-address")
+_BEAM_DASK_ADDRESS = "--dask_client_address"
+DEFAULT_ROWS_PER_PASS = 500_000
+
+
+def make_runner(beam_args: tuple[str, ...]):
+    """Beam runner + options; the in-process FnApiRunner unless another runner is named.
+
+    Beam's DirectRunner would first try to fetch the Prism runner binary, which
+    cannot work offline, so "direct" means FnApiRunner here; its
+    ``--direct_running_mode`` and ``--direct_num_workers`` still apply.
+    ``--runner dask --dask-address tcp://HOST:PORT`` runs on a running
+    ``dask.distributed`` scheduler through Beam's DaskRunner (with our fixes);
+    any other ``--runner`` is resolved by Beam itself (Flink, Spark, Dataflow).
+    """
+    args = _translate_dask_args(beam_args)
+    if any(a.startswith("--dask_") for a in args):
+        try:  # registers DaskOptions, so PipelineOptions does not discard the --dask_* flags
+            import apache_beam.runners.dask.dask_runner  # noqa: F401
+        except ImportError:
+            pass  # reported below if --runner dask was asked for
+    options = PipelineOptions(args)
+    requested = (options.get_all_options().get("runner") or "").lower()
+    if requested in _IN_PROCESS_RUNNERS:
+        return FnApiRunner(), options
+    if requested in _DASK_RUNNERS:
+        return _make_dask_runner(options)
+    return None, options
+
+
+def keeps_shuffles_in_memory(runner) -> bool:
+    return isinstance(runner, FnApiRunner)
+
+
+def is_only_worker(runner, options: PipelineOptions) -> bool:
+    return keeps_shuffles_in_memory(runner) and options.get_all_options().get("direct_running_mode") in (None, "in_memory")
+
+
+def resolve_download_processes(cfg: PipelineConfig, runner, options: PipelineOptions) -> PipelineConfig:
+    """``download.processes = 0`` means one per core when this process is the only worker.
+
+    Beam's multi-process direct mode and cluster runners already run one SDK
+    worker per core; there it means 1.
+    """
+    if cfg.download.processes:
+        return cfg
+    processes = default_processes() if is_only_worker(runner, options) else 1
+    return dataclasses.replace(cfg, download=dataclasses.replace(cfg.download, processes=processes))
+
+
+def rows_per_pass(cfg: PipelineConfig, runner) -> int:
+    """Input rows per pass; 0 means one pass.
+
+    The in-process runner keeps what a pass shuffles (rows grouped by uid,
+    sample pointers grouped by shard: ~1-3 KiB per row) in memory until the
+    pass ends; cluster runners spill their shuffles: one pass, unless set.
+    """
+    if cfg.runner.rows_per_pass:
+        return cfg.runner.rows_per_pass
+    return DEFAULT_ROWS_PER_PASS if keeps_shuffles_in_memory(runner) else 0
+
+
+def plan_passes(pending_shards: list[int], cfg: PipelineConfig, runner) -> list[list[int]]:
+    """Split the shards to write into passes of ``rows_per_pass`` input rows (whole shards)."""
+    rows = rows_per_pass(cfg, runner)
+    if not rows or not pending_shards:
+        return [pending_shards] if pending_shards else []
+    per_pass = max(1, rows // cfg.output.shard_size)
+    return [pending_shards[i : i + per_pass] for i in range(0, len(pending_shards), per_pass)]
+
+
+def _translate_dask_args(beam_args: tuple[str, ...]) -> list[str]:
+    """``--dask-address X`` (or ``=X``) becomes Beam's ``--dask_client_address X``."""
+    out = []
+    for arg in beam_args:
+        flag, eq, value = arg.partition("=")
+        if flag in _DASK_ADDRESS_FLAGS:
+            out.append(f"{_BEAM_DASK_ADDRESS}={value}" if eq else _BEAM_DASK_ADDRESS)
+        else:
+            out.append(arg)
+    return out
+
+
+def _make_dask_runner(options: PipelineOptions):
+    try:
+        import distributed  # noqa: F401  (Beam's DaskRunner needs it at run time)
+        from apache_beam.runners.dask.dask_runner import DaskOptions
+
+        from paircurate.runners.dask import PatchedDaskRunner
+    except ImportError as exc:
+        raise ConfigError(
+            f"--runner dask needs the dask and distributed packages ({exc}); "
+            "install them with: pip install 'paircurate[dask]' (or pip install -e '.[dask]' in a checkout)"
+        ) from exc
+    dask_opts = options.view_as(DaskOptions)
+    if not dask_opts.address and not dask_opts.scheduler_file:
+        # Without an address Beam would silently start a private LocalCluster
+        # on this machine, which is never what a cluster run means.
+        raise ConfigError(
+            "--runner dask needs the scheduler's address: --dask-address tcp://HOST:PORT "
+            "(or --dask_scheduler_file PATH)"
+        )
+    return PatchedDaskRunner(), options
