@@ -1,6 +1,6 @@
 import pytest
 
-from paircurate.loopback import LoopbackServer
+from paircurate.testing.loopback import LoopbackServer
 
 
 @pytest.fixture

@@ -1,11 +1,34 @@
-"""Photo-like test images and the copies the web makes of them."""
+"""What the tests share: generated images, reading a finished output folder back, a random small CLIP."""
 
 from __future__ import annotations
 
+import glob
 import io
+import json
+import os
 
 import numpy as np
+import pyarrow.parquet as pq
+import webdataset as wds
 from PIL import Image, ImageDraw, ImageEnhance
+
+# --- images ------------------------------------------------------------------------------------
+
+
+def solid_jpeg(size: tuple[int, int] = (64, 48), rgb: tuple[int, int, int] = (10, 120, 200), quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, rgb).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def blocky_jpeg(w: int, h: int, seed: int) -> bytes:
+    """A blocky random picture: distinct seeds are never perceptual duplicates."""
+    rng = np.random.default_rng(seed)
+    blocks = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    blocks.resize((w, h), Image.Resampling.NEAREST).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
 
 
 def photo(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
@@ -45,3 +68,40 @@ def brighter(img: Image.Image) -> Image.Image:
 def crop_border(img: Image.Image, fraction: float) -> Image.Image:
     dx, dy = int(img.width * fraction), int(img.height * fraction)
     return img.crop((dx, dy, img.width - dx, img.height - dy))
+
+
+# --- output folders ----------------------------------------------------------------------------
+
+
+def read_rows(out, pattern: str) -> list[dict]:
+    """Every row of the Parquet files matching ``pattern`` under ``out``, in shard order."""
+    return [r for p in sorted(glob.glob(os.path.join(str(out), pattern))) for r in pq.read_table(p).to_pylist()]
+
+
+def read_output(out) -> dict:
+    """A finished output folder: tar samples by key, kept metadata, rejects and stats.json."""
+    samples = {}
+    for tar in sorted(glob.glob(os.path.join(str(out), "*.tar"))):
+        for s in wds.WebDataset(tar, shardshuffle=False, empty_check=False):
+            samples[s["__key__"]] = s
+    with open(os.path.join(str(out), "stats.json")) as fh:
+        stats = json.load(fh)
+    return {"samples": samples, "meta": read_rows(out, "0*.parquet"), "rejects": read_rows(out, "rejected/*.parquet"), "stats": stats}
+
+
+# --- models ------------------------------------------------------------------------------------
+
+
+def save_random_tiny(path, seed: int) -> dict:
+    """A randomly initialised paircurate-tiny saved as a safetensors checkpoint; returns its state dict."""
+    import open_clip
+    import torch
+    from paircurate.embeddings.clip import (
+        TINY_MODEL,  # registers the small model's config
+    )
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    state = {k: v.contiguous() for k, v in open_clip.create_model(TINY_MODEL).state_dict().items()}
+    save_file(state, str(path))
+    return state

@@ -1,5 +1,5 @@
-from paircurate.schemas.config import CaptionConfig
 from paircurate.filters.caption import check_caption, clean_caption
+from paircurate.schemas.config import CaptionConfig
 from paircurate.schemas.outcomes import Reason
 
 

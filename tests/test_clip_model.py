@@ -7,29 +7,26 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from safetensors.torch import save_file
-
-from paircurate import synthetic
+from helpers import save_random_tiny
 from paircurate.embeddings import clip as clip_mod
 from paircurate.embeddings.clip import (
     TINY_CONFIG_PATH,
     TINY_MODEL,
     ModelLoadError,
-    default_threshold,
     load_clip,
 )
+from paircurate.filters.similarity import default_threshold
+from PIL import Image
+from safetensors.torch import save_file
+
+from paircurate.testing import synthetic
 
 
 @pytest.fixture(scope="module")
 def random_tiny(tmp_path_factory):
     """A randomly initialised paircurate-tiny saved as a checkpoint file, plus its weights."""
-    torch.manual_seed(0)
-    model = open_clip.create_model(TINY_MODEL)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
     path = tmp_path_factory.mktemp("tiny") / "random_tiny.safetensors"
-    save_file(state, str(path))
-    return path, state
+    return path, save_random_tiny(path, seed=0)
 
 
 @pytest.fixture

@@ -15,22 +15,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 import webdataset as wds
+from helpers import read_output, read_rows, save_random_tiny
+from paircurate.embeddings.clip import TINY_MODEL
+from paircurate.filters.similarity import default_threshold
 from PIL import Image
-from safetensors.torch import save_file
 
-from paircurate import synthetic
 from paircurate.cli import main
-from paircurate.embeddings.clip import TINY_MODEL, default_threshold
+from paircurate.testing import synthetic
 
 N_PAIRS = 48
 
 
 @pytest.fixture(scope="module")
 def random_checkpoint(tmp_path_factory):
-    torch.manual_seed(1)
-    model = open_clip.create_model(TINY_MODEL)
     path = tmp_path_factory.mktemp("ckpt") / "random_tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    save_random_tiny(path, seed=1)
     return str(path)
 
 
@@ -56,11 +55,8 @@ def run(inputs: str, out, *flags) -> dict:
             "--save-cols", "truth", "--clip-model", TINY_MODEL, "--device", "cpu", "--clip-batch-size", "16",
             "--no-dedup-perceptual", "--no-dedup-semantic", *flags]
     assert main(argv) == 0
-    kept = [r for p in sorted(glob.glob(os.path.join(out, "0*.parquet"))) for r in pq.read_table(p).to_pylist()]
-    rejects = [r for p in sorted(glob.glob(os.path.join(out, "rejected", "*.parquet"))) for r in pq.read_table(p).to_pylist()]
-    with open(os.path.join(out, "stats.json")) as fh:
-        stats = json.load(fh)
-    return {"kept": kept, "rejects": rejects, "stats": stats}
+    got = read_output(out)
+    return {"kept": got["meta"], "rejects": got["rejects"], "stats": got["stats"]}
 
 
 def test_pipeline_scores_equal_a_direct_open_clip_computation(pairs_csv, random_checkpoint, tmp_path):
@@ -147,8 +143,8 @@ def test_semantic_dedup_removes_a_caption_variant_of_the_same_image(loopback_ser
             "--save-cols", "truth", "--clip-model", TINY_MODEL, "--clip-pretrained", TINY_MODEL, "--device", "cpu",
             "--clip-threshold", "-1", "--no-dedup-perceptual", "--semantic-dedup-threshold", "0.9"]
     assert main(argv) == 0
-    kept = [r for p in glob.glob(str(tmp_path / "out" / "0*.parquet")) for r in pq.read_table(p).to_pylist()]
-    rejects = [r for p in glob.glob(str(tmp_path / "out" / "rejected" / "*.parquet")) for r in pq.read_table(p).to_pylist()]
+    kept = read_rows(tmp_path / "out", "0*.parquet")
+    rejects = read_rows(tmp_path / "out", "rejected/*.parquet")
     assert sorted(r["truth"] for r in kept) in (["a", "b"], ["b", "crop"])
     assert len(rejects) == 1 and rejects[0]["reason"] == "duplicate_semantic"
     keeper = [r for r in kept if r["truth"] != "b"][0]

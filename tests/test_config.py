@@ -1,7 +1,7 @@
 import pytest
+from paircurate.schemas.config import ConfigError, PipelineConfig
 
 from paircurate.cli import build_config, make_parser
-from paircurate.schemas.config import ConfigError, PipelineConfig
 
 
 def test_defaults_are_valid_and_roundtrip():

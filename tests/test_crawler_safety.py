@@ -16,20 +16,21 @@ from email.utils import formatdate
 from urllib.parse import quote
 
 import pytest
-
-from paircurate.schemas.config import DownloadConfig, ImageConfig
-from paircurate.schemas.outcomes import Reason, RejectError
-from paircurate.filters.image import prepare_image
-from paircurate.loopback import FAULT_IMAGE, LoopbackServer
-from paircurate.pipeline import fetch
-from paircurate.pipeline.fetch import FetchContext, download_image, make_pool
-from paircurate.pipeline.politeness import (
+from paircurate.crawl import client
+from paircurate.crawl.client import FetchContext, download_image, make_pool
+from paircurate.crawl.politeness import (
     HostLimiter,
     RobotsCache,
     blocked_address_reason,
     opt_out_matches,
     robots_tag_directives,
 )
+from paircurate.imaging.prepare import prepare_image
+from paircurate.schemas.config import DownloadConfig, ImageConfig
+from paircurate.schemas.outcomes import Reason, RejectError
+
+from paircurate.testing.loopback import FAULT_IMAGE, LoopbackServer
+
 
 def _has_ipv6_loopback() -> bool:
     try:
@@ -444,8 +445,8 @@ def test_guard_checks_every_redirect_hop(loopback_server, monkeypatch):
     try:
         # Pretend 127.0.0.1 is a public address so the first hop is allowed;
         # ::1 stays what it is.
-        real = fetch.blocked_address_reason
-        monkeypatch.setattr(fetch, "blocked_address_reason", lambda a: None if a == "127.0.0.1" else real(a))
+        real = client.blocked_address_reason
+        monkeypatch.setattr(client, "blocked_address_reason", lambda a: None if a == "127.0.0.1" else real(a))
         config = cfg(allow_private_network=False)
         ctx = make_pool(config)
         url = loopback_server.url("/fault/redirect?to=" + quote(v6.url("/same/inner.png")))
@@ -479,8 +480,8 @@ def test_guard_connects_to_the_address_it_checked(monkeypatch):
         return real_getaddrinfo(host, port, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", resolver)
-    real = fetch.blocked_address_reason
-    monkeypatch.setattr(fetch, "blocked_address_reason", lambda a: None if a == "::1" else real(a))
+    real = client.blocked_address_reason
+    monkeypatch.setattr(client, "blocked_address_reason", lambda a: None if a == "::1" else real(a))
     probe = socket.socket(socket.AF_INET6)
     probe.bind(("::1", 0))
     port = probe.getsockname()[1]

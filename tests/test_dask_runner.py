@@ -10,11 +10,11 @@ import pytest
 
 distributed = pytest.importorskip("distributed")  # dev extra: dask + distributed
 
+from paircurate.schemas.config import ConfigError  # noqa: E402
 from test_end_to_end import read_output, run_cli, served_inputs  # noqa: E402,F401  (served_inputs is a fixture)
 
-from paircurate.api import make_runner  # noqa: E402
-from paircurate.schemas.config import ConfigError  # noqa: E402
-from paircurate.dask_runner import PatchedDaskRunner  # noqa: E402
+from paircurate.runners import make_runner  # noqa: E402
+from paircurate.runners.dask import PatchedDaskRunner  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_default_runner_is_unchanged():
     assert type(runner).__name__ == "FnApiRunner"
 
 
-# --- what Beam's own DaskRunner gets wrong on our graph (fixed in paircurate.dask_runner) ---------
+# --- what Beam's own DaskRunner gets wrong on our graph (fixed in paircurate.runners.dask) ---------
 
 class _Split(beam.DoFn):
     def process(self, x):

@@ -9,46 +9,40 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
-from imagegen import brighter, crop_border, encode, half_size, photo
-from PIL import Image
-
-from paircurate.embeddings.index import (
+from helpers import brighter, crop_border, encode, half_size, photo
+from paircurate.dedup.components import (
+    DuplicatePair,
+    Removal,
+    exact_pairs,
+    resolve_duplicates,
+)
+from paircurate.dedup.perceptual import (
+    Match,
+    PhashIndex,
+    band_layout,
+    hamming,
+    pairs_within,
+    phash,
+    phash_bands,
+)
+from paircurate.dedup.semantic import (
     assign_clusters,
-    build_index,
     cluster_pairs,
-    load_index,
-    match_against,
     nearest_clusters,
     normalize,
-    query_matches,
-    save_index,
     semantic_pairs,
     semdedup,
     semdedup_indices,
     train_kmeans,
 )
 from paircurate.schemas.outcomes import Reason
-from paircurate.filters.duplicates import (
-    DuplicatePair,
-    Match,
-    PhashIndex,
-    Removal,
-    band_layout,
-    best_match_per_uid,
-    contaminated,
-    exact_pairs,
-    hamming,
-    pairs_within,
-    phash,
-    phash_bands,
-    resolve_duplicates,
-)
+from PIL import Image
 
 THRESHOLD = 4  # DedupConfig.phash_threshold default
 EXACT, PHASH, SEMANTIC = Reason.DUPLICATE_EXACT, Reason.DUPLICATE_PHASH, Reason.DUPLICATE_SEMANTIC
 
 
-# --- generated photo-like images (tests/imagegen.py) --------------------------
+# --- generated photo-like images (tests/helpers.py) --------------------------
 
 
 def jpeg_q60(img: Image.Image) -> Image.Image:
@@ -290,19 +284,7 @@ def test_pinned_records_win_and_are_never_removed():
     assert removed["a"].duplicate_of == "y"  # best pinned member: no score, so smallest uid
 
 
-# --- reference matching (decontamination, earlier runs) ----------------------
-
-
-def test_contaminated_finds_near_copies_of_eval_images(photo_hashes):
-    eval_hashes = [("eval/0", photo_hashes["o0"]), ("eval/5", photo_hashes["o5"])]
-    items = [(u, h) for u, h in photo_hashes.items() if u != "o0"]
-    found = contaminated(items, eval_hashes, THRESHOLD)
-    expected = {u for u in photo_hashes if u.startswith(("o0-", "o5"))}
-    assert set(found) == expected
-    assert found["o5"] == Match("eval/5", 1.0)
-    index = PhashIndex(eval_hashes, THRESHOLD)
-    assert contaminated(items, index, THRESHOLD) == found
-    assert len(index) == 2
+# --- reference matching (decontamination) ------------------------------------
 
 
 def test_phash_index_ranks_matches_and_refuses_wider_queries():
@@ -313,13 +295,6 @@ def test_phash_index_ranks_matches_and_refuses_wider_queries():
     assert index.matches("0000000000000003", threshold=0) == [("a", 0), ("b", 0)]
     with pytest.raises(ValueError, match="exceeds"):
         index.matches("0000000000000003", threshold=5)
-
-
-def test_best_match_per_uid_is_order_independent():
-    matches = [("u1", "r2", 0.97), ("u1", "r1", 0.97), ("u1", "r3", 0.96), ("u2", "r3", 0.99)]
-    expected = {"u1": Match("r1", 0.97), "u2": Match("r3", 0.99)}
-    assert best_match_per_uid(matches) == expected
-    assert best_match_per_uid(reversed(matches)) == expected
 
 
 # --- embeddings: normalisation, k-means, exact semantic pairs ----------------
@@ -373,7 +348,7 @@ def test_semantic_pairs_is_exact_against_brute_force():
 
 
 def test_semantic_pairs_handles_identical_vectors_and_blocks(monkeypatch):
-    import paircurate.embeddings.index as index_module
+    import paircurate.dedup.semantic as index_module
 
     x = planted(300, n_dups=30)
     x = np.vstack([x, x[:5]])  # exact copies, cosine 1 (clipped, never above)
@@ -454,27 +429,3 @@ def test_cluster_pairs_per_group_matches_semdedup():
     assert sorted(pairs, key=lambda p: (p.a, p.b)) == direct
     with pytest.raises(ValueError, match="grouped under cluster"):
         cluster_pairs(99, uids[:2], x[:2], top[:2], 0.95)
-
-
-# --- reference index -----------------------------------------------------------
-
-
-def test_index_round_trip_and_matches_against_an_earlier_run(tmp_path):
-    earlier = planted(400, n_dups=0, seed=2)
-    index = build_index(earlier, "Flat")
-    save_index(index, tmp_path / "earlier.faiss")
-    loaded = load_index(tmp_path / "earlier.faiss")
-    assert loaded.ntotal == 400
-    rng = np.random.default_rng(3)
-    noise = rng.standard_normal(earlier[:3].shape) * 0.01
-    new = normalize(np.vstack([earlier[:3] + noise, rng.standard_normal((5, 64))]))
-    matches = query_matches(loaded, new, 0.95)
-    assert {(q, r) for q, r, _ in matches} == {(0, 0), (1, 1), (2, 2)}
-    assert all(0.95 <= s <= 1.0 for _, _, s in matches)
-    exact = query_matches(loaded, earlier[:1], float(earlier[0] @ earlier[0]))
-    assert (0, 0) in {(q, r) for q, r, _ in exact}  # >= threshold, not FAISS's strict >
-    ref_ids = [f"old{i}" for i in range(400)]
-    found = match_against(loaded, ref_ids, [f"new{i}" for i in range(8)], new, 0.95)
-    assert set(found) == {"new0", "new1", "new2"} and found["new1"].ref_id == "old1"
-    with pytest.raises(FileNotFoundError):
-        load_index(tmp_path / "missing.faiss")

@@ -8,7 +8,7 @@ import os
 
 import pyarrow.parquet as pq
 import pytest
-from imagegen import brighter, crop_border, encode, half_size, photo
+from helpers import brighter, crop_border, encode, half_size, photo
 
 from paircurate.cli import main
 

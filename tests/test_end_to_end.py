@@ -8,27 +8,17 @@ import json
 import logging
 import os
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import webdataset as wds
+from helpers import blocky_jpeg, read_output
+from paircurate.crawl.workers import default_processes
+from paircurate.schemas import records as R
 from PIL import Image
 
 from paircurate.cli import main
-from paircurate.pipeline.fetch_workers import default_processes
-from paircurate.schemas import records as R
 
 IMAGE_SIZE = 64
 NUM_GOOD = 24
-
-
-def jpeg(w: int, h: int, seed: int) -> bytes:
-    """A blocky random picture: distinct seeds are never perceptual duplicates."""
-    rng = np.random.default_rng(seed)
-    blocks = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
-    buf = io.BytesIO()
-    blocks.resize((w, h), Image.Resampling.NEAREST).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
 
 
 @pytest.fixture
@@ -38,11 +28,11 @@ def served_inputs(loopback_server, tmp_path):
     expected: dict[tuple[str, int], str] = {}  # (file, row) -> "kept" or reason
     csv_rows, jsonl_rows = [], []
     for i in range(NUM_GOOD):
-        path = s.add(f"/img/{i}.jpg", jpeg(80 + 7 * i, 120, seed=i))
+        path = s.add(f"/img/{i}.jpg", blocky_jpeg(80 + 7 * i, 120, seed=i))
         row = {"url": s.url(path), "caption": f"a picture of thing number {i}", "license": f"cc-{i}"}
         (csv_rows if i % 2 == 0 else jsonl_rows).append((row, "kept"))
     s.add("/bad.jpg", b"\xff\xd8\xff garbage, not a jpeg" * 10)
-    s.add("/small.jpg", jpeg(20, 20, seed=999))
+    s.add("/small.jpg", blocky_jpeg(20, 20, seed=999))
     faults = [
         ({"url": s.url("/fault/404"), "caption": "a picture that is gone"}, "http_404"),
         ({"url": s.url("/fault/500"), "caption": "broken server"}, "http_5xx"),
@@ -86,26 +76,14 @@ def run_cli(inputs, out, *extra) -> int:
     )
 
 
-def read_output(out) -> dict:
-    samples = {}
-    for tar in sorted(glob.glob(os.path.join(out, "*.tar"))):
-        for s in wds.WebDataset(tar, shardshuffle=False, empty_check=False):
-            samples[s["__key__"]] = s
-    meta = [r for p in sorted(glob.glob(os.path.join(out, "0*.parquet"))) for r in pq.read_table(p).to_pylist()]
-    rejects = [r for p in sorted(glob.glob(os.path.join(out, "rejected", "*.parquet"))) for r in pq.read_table(p).to_pylist()]
-    with open(os.path.join(out, "stats.json")) as fh:
-        stats = json.load(fh)
-    return {"samples": samples, "meta": meta, "rejects": rejects, "stats": stats}
-
-
 def test_every_row_is_kept_or_rejected_with_its_reason(served_inputs, tmp_path, caplog):
     out = tmp_path / "out"
-    caplog.set_level(logging.WARNING, logger="paircurate.pipeline.fetch_workers")
+    caplog.set_level(logging.WARNING, logger="paircurate.crawl.workers")
     assert run_cli(served_inputs["inputs"], out) == 0
     got = read_output(out)
     # The download ran in one process per core, without falling back to threads.
     assert got["stats"]["config"]["download"]["processes"] == default_processes()
-    assert not [r for r in caplog.records if r.name == "paircurate.pipeline.fetch_workers"], caplog.text
+    assert not [r for r in caplog.records if r.name == "paircurate.crawl.workers"], caplog.text
     expected = served_inputs["expected"]
 
     outcome = {}

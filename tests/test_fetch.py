@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import socket
 import threading
 import time
 from email.utils import formatdate
 
 import pytest
-from PIL import Image
-
+from helpers import solid_jpeg
+from paircurate.crawl.client import (
+    FetchResult,
+    download_image,
+    make_pool,
+    parse_retry_after,
+)
 from paircurate.schemas.config import DownloadConfig
 from paircurate.schemas.outcomes import Reason, RejectError
-from paircurate.loopback import FAULT_IMAGE, LoopbackServer
-from paircurate.pipeline.fetch import FetchResult, download_image, make_pool, parse_retry_after
+
+from paircurate.testing.loopback import FAULT_IMAGE, LoopbackServer
 
 # Small timeouts keep the file fast; tests that exercise one knob override it.
 FAST = DownloadConfig(
@@ -52,17 +56,11 @@ def reject(url: str, config: DownloadConfig, pool) -> tuple[RejectError, float]:
     return info.value, time.monotonic() - started
 
 
-def jpeg_bytes(size=(64, 48)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, (10, 120, 200)).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
-
-
 # -- success -----------------------------------------------------------------
 
 
 def test_valid_image_is_byte_exact(loopback_server, pool):
-    body = jpeg_bytes()
+    body = solid_jpeg()
     loopback_server.add("/img/a.jpg", body)
     result = download_image(loopback_server.url("/img/a.jpg"), FAST, pool)
     assert isinstance(result, FetchResult)

@@ -9,21 +9,20 @@ import signal
 import time
 
 import pytest
+from helpers import solid_jpeg
+from paircurate.crawl.workers import FetchWorkers, default_processes, per_process_config
+from paircurate.schemas import records as R
+from paircurate.schemas.config import DownloadConfig, ImageConfig, PipelineConfig
 from PIL import Image
 
-from paircurate.api import make_runner, resolve_download_processes
-from paircurate.schemas.config import DownloadConfig, ImageConfig, PipelineConfig
-from paircurate.pipeline.fetch_workers import FetchWorkers, default_processes, per_process_config
-from paircurate.schemas import records as R
+from paircurate.runners import make_runner, resolve_download_processes
 
 CFG = DownloadConfig(allow_private_network=True, threads=8, retries=0, deadline=10.0, read_timeout=5.0)
 IMG = ImageConfig(image_size=32, resize_mode="center_crop")
 
 
 def jpeg(seed: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (64 + seed, 48), (seed * 7 % 256, 90, 200 - seed)).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
+    return solid_jpeg((64 + seed, 48), (seed * 7 % 256, 90, 200 - seed))
 
 
 def make_records(server, n_images: int = 12) -> list[dict]:
@@ -109,7 +108,7 @@ def test_download_processes_default_to_one_per_core_only_on_the_in_process_runne
 OWNER_SCRIPT = """
 import sys, time
 from paircurate.schemas.config import DownloadConfig, ImageConfig
-from paircurate.pipeline.fetch_workers import FetchWorkers
+from paircurate.crawl.workers import FetchWorkers
 if __name__ == "__main__":
     workers = FetchWorkers(DownloadConfig(), ImageConfig(), processes=2)
     print(" ".join(map(str, workers.worker_pids())), flush=True)

@@ -1,8 +1,7 @@
 import pytest
-
-from paircurate.schemas.outcomes import Reason
 from paircurate.filters.url import check_url
 from paircurate.schemas.identity import make_uid, normalize_url
+from paircurate.schemas.outcomes import Reason
 
 
 def test_uid_is_stable_128_bit_hex():

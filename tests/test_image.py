@@ -2,11 +2,10 @@ import hashlib
 import io
 
 import pytest
-from PIL import Image
-
+from paircurate.imaging.prepare import prepare_image
 from paircurate.schemas.config import ImageConfig
 from paircurate.schemas.outcomes import Reason, RejectError
-from paircurate.filters.image import prepare_image
+from PIL import Image
 
 
 def encode(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:

@@ -18,8 +18,8 @@ from PIL import Image
 from paircurate.cli import main
 from paircurate.demo import build_demo_input
 from paircurate.inspection import format_inspection, inspect_output
-from paircurate.loopback import LoopbackServer
 from paircurate.report import REPORT_FILE, write_report
+from paircurate.testing.loopback import LoopbackServer
 
 TINY = "paircurate-tiny"
 

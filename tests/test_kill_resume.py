@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import io
 import os
 import signal
 import subprocess
@@ -11,9 +10,8 @@ import sys
 import tarfile
 import time
 
-import numpy as np
 import pyarrow.parquet as pq
-from PIL import Image
+from helpers import blocky_jpeg
 
 NUM_URLS = 120
 SHARD_SIZE = 4  # many small shards, so the kill lands between shard completions
@@ -23,10 +21,7 @@ def write_inputs(server, path) -> None:
     with open(path, "w") as fh:
         fh.write("url,caption\n")
         for i in range(NUM_URLS):
-            buf = io.BytesIO()
-            blocks = np.random.default_rng(i).integers(0, 256, (5, 5, 3), dtype=np.uint8)
-            Image.fromarray(blocks).resize((48 + i % 7, 40), Image.Resampling.NEAREST).save(buf, format="JPEG")
-            server.add(f"/k/{i}.jpg", buf.getvalue())
+            server.add(f"/k/{i}.jpg", blocky_jpeg(48 + i % 7, 40, seed=i))
             url = server.url(f"/k/{i}.jpg") if i % 10 else server.url(f"/fault/404?i={i}")
             fh.write(f"{url},a test picture number {i}\n")
 

@@ -9,13 +9,12 @@ import glob
 import logging
 import os
 
-import pyarrow.parquet as pq
 import pytest
-from imagegen import encode, photo
-
-from paircurate.api import DEFAULT_ROWS_PER_PASS, make_runner, plan_passes
-from paircurate.cli import main
+from helpers import encode, photo, read_rows
 from paircurate.schemas.config import PipelineConfig
+
+from paircurate.cli import main
+from paircurate.runners import DEFAULT_ROWS_PER_PASS, make_runner, plan_passes
 
 ROWS = 24
 
@@ -44,8 +43,7 @@ def pass_input(loopback_server, tmp_path):
 def run(csv_path, out, *extra) -> dict:
     args = ["run", csv_path, "-o", str(out), "--image-size", "64", "--shard-size", "4", "--no-progress", "--no-report", "--allow-private-network", *extra]
     assert main(args) == 0
-    read = lambda pattern: [r for p in sorted(glob.glob(os.path.join(out, pattern))) for r in pq.read_table(p).to_pylist()]  # noqa: E731
-    return {"kept": read("0*.parquet"), "rejects": read("rejected/*.parquet")}
+    return {"kept": read_rows(out, "0*.parquet"), "rejects": read_rows(out, "rejected/*.parquet")}
 
 
 def outcome(result: dict) -> dict[int, tuple]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from paircurate.filters.caption import boilerplate_kind, check_caption
+from paircurate.schemas.config import CaptionConfig, ConfigError, PipelineConfig
+from paircurate.schemas.outcomes import Reason
 
 from paircurate.cli import build_config, main, make_parser
 from paircurate.config import PRESETS, load_config
-from paircurate.schemas.config import CaptionConfig, ConfigError, PipelineConfig
-from paircurate.filters.caption import boilerplate_kind, check_caption
-from paircurate.schemas.outcomes import Reason
 
 
 def _cfg(*argv: str) -> PipelineConfig:

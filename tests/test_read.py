@@ -3,9 +3,8 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from paircurate.schemas.config import InputConfig
 from paircurate.pipeline.read import InputError, detect_format, iter_rows, plan_inputs
+from paircurate.schemas.config import InputConfig
 
 ROWS = [
     {"url": "http://a.example/1.jpg", "caption": "one", "license": "cc-by", "n": 1},

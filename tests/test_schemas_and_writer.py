@@ -1,4 +1,3 @@
-import io
 import json
 import os
 
@@ -10,23 +9,21 @@ import webdataset as wds
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from PIL import Image
-
-from paircurate.schemas.config import CaptionConfig
+from helpers import solid_jpeg
 from paircurate.pipeline import write as W
 from paircurate.pipeline.captions import CleanCaptions
 from paircurate.pipeline.write import ShardWriter, completed_shards
 from paircurate.schemas import records as R
+from paircurate.schemas.config import CaptionConfig
 
 
 def sample(i: int, **extra) -> dict:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), (i, 0, 0)).save(buf, format="JPEG")
+    image = solid_jpeg((8, 8), (i, 0, 0), quality=75)
     rec = {
         R.UID: f"{i:032x}", R.URL: f"http://h/{i}.jpg", R.CAPTION: f"caption {i}", R.SOURCE_FILE: "in.csv",
-        R.SOURCE_ROW: i, R.SHARD: 3, R.CAPTION_RAW: f" caption  {i}", R.IMAGE: buf.getvalue(), R.IMAGE_FORMAT: "jpg",
+        R.SOURCE_ROW: i, R.SHARD: 3, R.CAPTION_RAW: f" caption  {i}", R.IMAGE: image, R.IMAGE_FORMAT: "jpg",
         R.WIDTH: 8, R.HEIGHT: 8, R.ORIGINAL_WIDTH: 16, R.ORIGINAL_HEIGHT: 16, R.SHA256: "0" * 64,
-        R.BYTE_SIZE: len(buf.getvalue()), R.CONTENT_TYPE: "image/jpeg", R.HTTP_STATUS: 200, R.DOWNLOAD_SECONDS: 0.01,
+        R.BYTE_SIZE: len(image), R.CONTENT_TYPE: "image/jpeg", R.HTTP_STATUS: 200, R.DOWNLOAD_SECONDS: 0.01,
         R.EXTRA: {"license": "cc0"},
     }
     rec.update(extra)

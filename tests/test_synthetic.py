@@ -2,8 +2,14 @@ import random
 
 import pytest
 
-from paircurate import synthetic
-from paircurate.synthetic import CAPTION_TEMPLATES, COLORS, make_pair, make_pairs, make_samples
+from paircurate.testing import synthetic
+from paircurate.testing.synthetic import (
+    CAPTION_TEMPLATES,
+    COLORS,
+    make_pair,
+    make_pairs,
+    make_samples,
+)
 
 
 def _raw(pairs):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-
 import json
 import os
 
@@ -12,11 +11,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from imagegen import encode, photo
+from helpers import encode, photo
+from paircurate.embeddings.tokenizer import CaptionTokenizer
+from paircurate.schemas import records as R
 
 from paircurate.cli import main
-from paircurate.filters.caption import CaptionTokenizer
-from paircurate.schemas import records as R
 
 SOT, EOT = 49406, 49407
 
