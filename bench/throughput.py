@@ -53,12 +53,17 @@ def write_url_list(server: LoopbackServer, photos, n: int, path: str) -> None:
             writer.writerow([server.url(f"{photo}?i={i}"), caption])
 
 
-def paircurate_command(url_list: str, out_dir: str, extra: list[str]) -> list[str]:
-    """`paircurate run` with the benchmark's settings: 256 center_crop jpg q95, no dedup, no report."""
+def paircurate_command(url_list: str, out_dir: str, extra: list[str], per_domain_concurrency: int | None = 64) -> list[str]:
+    """`paircurate run` with the benchmark's settings: 256 center_crop jpg q95, no dedup, no report.
+
+    Every URL of a benchmark list is on one host, so the per-host cap is raised
+    unless ``per_domain_concurrency`` is None (paircurate's polite default).
+    """
+    polite = [] if per_domain_concurrency is None else ["--per-domain-concurrency", str(per_domain_concurrency)]
     return [
         sys.executable, "-m", "paircurate.cli", "run", url_list, "-o", out_dir,
         "--image-size", "256", "--resize-mode", "center_crop", "--encode-format", "jpg", "--encode-quality", "95",
-        "--no-progress", "--no-report", "--allow-private-network", "--per-domain-concurrency", "64",
+        "--no-progress", "--no-report", "--allow-private-network", *polite,
         # The list repeats 250 photos: dedup would rightly drop all but 250.
         "--no-dedup-exact", "--no-dedup-perceptual", "--no-dedup-semantic", *extra,
     ]

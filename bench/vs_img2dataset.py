@@ -1,22 +1,45 @@
-"""paircurate vs img2dataset, side by side on the same loopback server and URL list.
+"""paircurate vs img2dataset, alternating, on the same loopback servers and URL list.
 
 Both tools get the 250 photos of ../shared/data/imagenet-sample-250 repeated
 to --urls rows with distinct query strings, 256 px center_crop, jpg quality 95,
-WebDataset output, no CLIP and no dedup, and run alternately --runs times each.
-img2dataset runs from its own virtual environment (--img2dataset-python), with
-its best settings for 2 cores (2 processes x 32 threads by default).
+WebDataset output, no CLIP, no dedup, no retries; they run alternately --runs
+times each and the medians are reported.
+
+img2dataset gets its best settings for this machine: one process per core
+(--i2d-processes, default all cores), --i2d-threads threads each, and shards
+small enough that every process has several (--i2d-shard-size, default
+ceil(urls / (4 x processes)) capped at 1,000: it parallelises by shard, so a
+single shard would leave all processes but one idle). paircurate runs with
+its defaults plus --paircurate-args; by default those raise the per-host cap
+to img2dataset's thread count, since img2dataset has no per-host cap at all
+(`--paircurate-args ''` measures paircurate's polite defaults instead).
+
+The URLs are spread over --hosts loopback addresses (127.0.0.1, 127.0.0.2,
+...: on Linux the whole 127/8 range is loopback), one server each, since real
+lists spread over many hosts and per-host logic behaves differently on one.
+
+Reported per tool: wall images/s of the whole process (start-up and exit
+included) and CPU milliseconds per image of the whole process tree, measured
+as the machine's busy time (/proc/stat) minus this benchmark's own CPU time
+(the servers run here): a forkserver's children are not the parent's rusage
+children, so rusage would undercount paircurate. Run it on an otherwise idle
+machine.
 
     python -m venv /tmp/i2d && /tmp/i2d/bin/pip install img2dataset
-    python bench/vs_img2dataset.py --urls 2000 --runs 3 --img2dataset-python /tmp/i2d/bin/python
+    python bench/vs_img2dataset.py --urls 3000 20000 --hosts 1 4 --runs 3
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import glob
 import json
+import math
 import os
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -24,7 +47,7 @@ import tarfile
 import tempfile
 import time
 
-from throughput import DEFAULT_DATA, paircurate_command, serve_photos, write_url_list
+from throughput import DEFAULT_DATA, paircurate_command
 
 from paircurate.testing.loopback import LoopbackServer
 
@@ -32,14 +55,27 @@ I2D_SCRIPT = """
 import sys
 from img2dataset import download
 if __name__ == "__main__":
-    url_list, out, processes, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    url_list, out, processes, threads, shard = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
     download(
         url_list=url_list, output_folder=out, input_format="csv", url_col="url", caption_col="caption",
         output_format="webdataset", image_size=256, resize_mode="center_crop", encode_format="jpg",
-        encode_quality=95, processes_count=processes, thread_count=threads, number_sample_per_shard=10000,
+        encode_quality=95, processes_count=processes, thread_count=threads, number_sample_per_shard=shard,
         timeout=10, retries=0, disallowed_header_directives=[], enable_wandb=False, distributor="multiprocessing",
     )
 """
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (user, nice, system, irq, softirq, steal)."""
+    with open("/proc/stat") as fh:
+        fields = [int(v) for v in fh.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def count_tar_images(out_dir: str) -> int:
@@ -50,67 +86,125 @@ def count_tar_images(out_dir: str) -> int:
     return n
 
 
-def timed(cmd: list[str], env: dict | None = None) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of the command's process tree."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    start = time.perf_counter()
+def measured(cmd: list[str], out_dir: str, env: dict | None = None) -> dict:
+    """Run ``cmd``; wall seconds, the tool's CPU seconds (machine busy minus ours), images written."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    busy0, own0, start = machine_busy_seconds(), own_cpu_seconds(), time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    elapsed = time.perf_counter() - start
-    return elapsed, max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    wall = time.perf_counter() - start
+    cpu = (machine_busy_seconds() - busy0) - (own_cpu_seconds() - own0)
+    return {"wall": wall, "cpu": cpu, "images": count_tar_images(out_dir)}
 
 
-def run_paircurate(url_list: str, out: str, extra: list[str]) -> tuple[float, int]:
-    shutil.rmtree(out, ignore_errors=True)
-    elapsed, _ = timed(paircurate_command(url_list, out, ["--retries", "0", *extra]))
-    return elapsed, count_tar_images(out)
+@contextlib.contextmanager
+def photo_servers(n_hosts: int, data_dir: str):
+    """One LoopbackServer per host address, each serving every photo; yields (servers, [(path, caption)])."""
+    servers = [LoopbackServer(host=f"127.0.0.{i + 1}").start() for i in range(n_hosts)]
+    try:
+        photos = []
+        with open(os.path.join(data_dir, "labels.tsv")) as fh:
+            for row in csv.DictReader(fh, delimiter="\t"):
+                name = row.get("file") or row.get("filename") or list(row.values())[0]
+                label = row.get("label") or list(row.values())[-1]
+                with open(os.path.join(data_dir, name), "rb") as img:
+                    body = img.read()
+                for server in servers:
+                    path = server.add(f"/photos/{name}", body, content_type="image/jpeg")
+                photos.append((path, f"a photo of a {label}"))
+        yield servers, photos
+    finally:
+        for server in servers:
+            server.stop()
 
 
-def run_img2dataset(python: str, url_list: str, out: str, processes: int, threads: int, script: str) -> tuple[float, int]:
-    shutil.rmtree(out, ignore_errors=True)
-    env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
-    elapsed, _ = timed([python, script, url_list, out, str(processes), str(threads)], env=env)
-    return elapsed, count_tar_images(out)
+def write_url_list(servers: list[LoopbackServer], photos, n: int, path: str) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["url", "caption"])
+        for i in range(n):
+            photo, caption = photos[i % len(photos)]
+            writer.writerow([servers[i % len(servers)].url(f"{photo}?i={i}"), caption])
 
 
-def summary(name: str, rates: list[float]) -> str:
-    return f"{name:<12} images/s min {min(rates):6.0f}  median {statistics.median(rates):6.0f}  max {max(rates):6.0f}"
+def describe(name: str, runs: list[dict]) -> dict:
+    rates = [r["images"] / r["wall"] for r in runs]
+    cpu_ms = [1000 * r["cpu"] / max(r["images"], 1) for r in runs]
+    return {
+        "tool": name,
+        "images_per_s": [round(v, 1) for v in rates],
+        "median_images_per_s": round(statistics.median(rates), 1),
+        "cpu_ms_per_image": [round(v, 2) for v in cpu_ms],
+        "median_cpu_ms_per_image": round(statistics.median(cpu_ms), 2),
+        "images": [r["images"] for r in runs],
+    }
+
+
+def compare(args, n_urls: int, n_hosts: int, tmp: str, script: str) -> dict:
+    processes = args.i2d_processes or len(os.sched_getaffinity(0))
+    shard = args.i2d_shard_size or min(1000, math.ceil(n_urls / (4 * processes)))
+    extra = shlex.split(args.paircurate_args)
+    with photo_servers(n_hosts, args.data) as (servers, photos):
+        url_list = os.path.join(tmp, f"urls-{n_urls}-{n_hosts}.csv")
+        write_url_list(servers, photos, n_urls, url_list)
+        env = dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1")
+        i2d_cmd = [args.img2dataset_python, script, url_list, os.path.join(tmp, "i2d"), str(processes), str(args.i2d_threads), str(shard)]
+        pc_cmd = paircurate_command(url_list, os.path.join(tmp, "pc"), ["--retries", "0", *extra], per_domain_concurrency=None)
+        runs = {"img2dataset": [], "paircurate": []}
+        for run in range(args.runs):
+            for name, cmd, out in (("img2dataset", i2d_cmd, "i2d"), ("paircurate", pc_cmd, "pc")):
+                got = measured(cmd, os.path.join(tmp, out), env=env if name == "img2dataset" else None)
+                runs[name].append(got)
+                print(
+                    f"{n_urls} urls, {n_hosts} host(s), run {run + 1}: {name:<12} {got['images']} images in {got['wall']:5.1f}s "
+                    f"= {got['images'] / got['wall']:6.0f} images/s, {1000 * got['cpu'] / max(got['images'], 1):.2f} ms CPU/image",
+                    flush=True,
+                )
+    i2d, pc = describe("img2dataset", runs["img2dataset"]), describe("paircurate", runs["paircurate"])
+    return {
+        "urls": n_urls,
+        "hosts": n_hosts,
+        "img2dataset_settings": {"processes": processes, "threads": args.i2d_threads, "shard_size": shard},
+        "paircurate_args": extra,
+        "img2dataset": i2d,
+        "paircurate": pc,
+        "wall_ratio": round(pc["median_images_per_s"] / i2d["median_images_per_s"], 2),
+        "cpu_ratio": round(pc["median_cpu_ms_per_image"] / i2d["median_cpu_ms_per_image"], 2),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--urls", type=int, default=2000)
+    parser.add_argument("--urls", type=int, nargs="+", default=[3000, 20000])
+    parser.add_argument("--hosts", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--data", default=DEFAULT_DATA)
     parser.add_argument("--img2dataset-python", default="/tmp/i2d/bin/python")
-    parser.add_argument("--i2d-processes", type=int, default=2)
+    parser.add_argument("--i2d-processes", type=int, default=0, help="0: one per core")
     parser.add_argument("--i2d-threads", type=int, default=32)
-    parser.add_argument("extra", nargs="*", help="extra `paircurate run` arguments (after --)")
+    parser.add_argument("--i2d-shard-size", type=int, default=0, help="0: ceil(urls / (4 x processes)), at most 1,000")
+    parser.add_argument("--paircurate-args", default="--per-domain-concurrency 32", help="extra `paircurate run` arguments, one string")
+    parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp, LoopbackServer() as server:
-        photos = serve_photos(server, args.data)
-        url_list = os.path.join(tmp, "urls.csv")
-        write_url_list(server, photos, args.urls, url_list)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
         script = os.path.join(tmp, "run_img2dataset.py")
         with open(script, "w") as fh:
             fh.write(I2D_SCRIPT)
-        rates = {"paircurate": [], "img2dataset": []}
-        for run in range(args.runs):
-            for name in ("img2dataset", "paircurate"):
-                out = os.path.join(tmp, name)
-                if name == "paircurate":
-                    elapsed, n = run_paircurate(url_list, out, args.extra)
-                else:
-                    elapsed, n = run_img2dataset(args.img2dataset_python, url_list, out, args.i2d_processes, args.i2d_threads, script)
-                if n != args.urls:
-                    print(f"warning: {name} wrote {n} of {args.urls} samples", flush=True)
-                rates[name].append(n / elapsed)
-                print(f"run {run + 1} {name:<12} {n} images in {elapsed:5.1f}s = {n / elapsed:6.0f} images/s", flush=True)
-        print(summary("img2dataset", rates["img2dataset"]))
-        print(summary("paircurate", rates["paircurate"]))
-        ratio = statistics.median(rates["paircurate"]) / statistics.median(rates["img2dataset"])
-        print(f"ratio of medians paircurate / img2dataset: {ratio:.2f}x  ({args.urls} URLs, extra={args.extra})")
-        print(json.dumps({k: [round(v, 1) for v in r] for k, r in rates.items()}))
+        for n_urls in args.urls:
+            for n_hosts in args.hosts:
+                result = compare(args, n_urls, n_hosts, tmp, script)
+                results.append(result)
+                print(
+                    f"== {n_urls} URLs on {n_hosts} host(s): img2dataset {result['img2dataset']['median_images_per_s']} images/s "
+                    f"{result['img2dataset']['median_cpu_ms_per_image']} ms CPU/image; paircurate {result['paircurate']['median_images_per_s']} "
+                    f"images/s {result['paircurate']['median_cpu_ms_per_image']} ms CPU/image; wall ratio {result['wall_ratio']}x, "
+                    f"CPU ratio {result['cpu_ratio']}x",
+                    flush=True,
+                )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
 
 
 if __name__ == "__main__":
