@@ -56,6 +56,7 @@ from urllib.parse import urldefrag, urljoin
 
 import urllib3
 from paircurate.crawl.politeness import (
+    HostBusyError,
     HostLimiter,
     RobotsCache,
     allow_all_robots,
@@ -129,6 +130,10 @@ class _RetryableError(RejectError):
         self.retry_after = retry_after
 
 
+class _HostBusy(_RetryableError, HostBusyError):
+    """429 or 503: retried like other failures, and the host's window shrinks."""
+
+
 @dataclass(frozen=True)
 class _Body:
     data: bytes
@@ -170,7 +175,7 @@ class FetchContext:
     def __init__(self, cfg: DownloadConfig) -> None:
         self.allow_private_network = cfg.allow_private_network
         self.pool = _pool_manager(cfg)
-        self.limiter = HostLimiter(cfg.per_domain_concurrency, cfg.per_domain_rps)
+        self.limiter = HostLimiter(cfg.per_domain_concurrency, cfg.per_domain_rps, adaptive=cfg.adaptive_concurrency)
         self.robots = RobotsCache()
 
     def clear(self) -> None:
@@ -432,7 +437,7 @@ def _attempt(
             reason = Reason.HTTP_429 if status == 429 else Reason.HTTP_5XX
             extra = "" if retry_after is None else f", Retry-After {resp.headers.get('Retry-After')}"
             clean = _drain(resp, deadline_at)
-            raise _RetryableError(reason, f"{status_line}{extra}{where}", retry_after=retry_after)
+            raise _HostBusy(reason, f"{status_line}{extra}{where}", retry_after=retry_after)
         if status >= 500:
             clean = _drain(resp, deadline_at)
             raise _RetryableError(Reason.HTTP_5XX, f"{status_line}{where}")

@@ -27,6 +27,7 @@ import contextlib
 import ipaddress
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 from urllib.robotparser import RobotFileParser
@@ -34,6 +35,7 @@ from urllib.robotparser import RobotFileParser
 from paircurate.schemas.outcomes import Reason, RejectError
 
 __all__ = [
+    "HostBusyError",
     "HostLimiter",
     "RobotsCache",
     "blocked_address_reason",
@@ -246,11 +248,33 @@ class RobotsCache:
 # -- per-host limits ---------------------------------------------------------------------
 
 
-class _HostState:
-    __slots__ = ("slots", "users", "next_at", "paused_until", "pause_reason")
 
-    def __init__(self, concurrency: int) -> None:
-        self.slots = threading.BoundedSemaphore(concurrency)
+
+class HostBusyError(RejectError):
+    """The host said it has more than it can take (HTTP 429 or 503): its window is halved.
+
+    Other failures (timeouts, resets, 500s) say something about one URL as
+    often as about the host, and a few slow URLs must not starve a host's
+    healthy ones, so they leave the window as it is.
+    """
+
+# A latency within this factor of the host's best recent one is "flat": keep growing.
+_FLAT_LATENCY_FACTOR = 2.0
+# The best latency drifts up by this factor per request, so an old best does not hold growth back forever.
+_BASELINE_DRIFT = 1.02
+INITIAL_WINDOW = 4
+LEARNED_HOSTS = 4096  # idle hosts whose learned window is remembered (about 100 bytes each)
+
+
+class _HostState:
+    __slots__ = ("in_flight", "window", "ssthresh", "best_latency", "last_decrease", "users", "next_at", "paused_until", "pause_reason")
+
+    def __init__(self, window: float, ssthresh: float) -> None:
+        self.in_flight = 0
+        self.window = window  # requests this host may have in flight now
+        self.ssthresh = ssthresh  # below it the window doubles per round trip, above it grows by one
+        self.best_latency = float("inf")
+        self.last_decrease = float("-inf")
         self.users = 0  # threads holding or waiting for a slot
         self.next_at = 0.0  # earliest start of the next request (rate limit)
         self.paused_until = 0.0  # Retry-After from the host, for every thread
@@ -263,47 +287,77 @@ class HostLimiter:
     At most ``concurrency`` requests to a host are in flight at once, and if
     ``rps > 0`` their starts are at least ``1 / rps`` seconds apart. A host
     that answered with ``Retry-After`` can be paused for every thread with
-    ``pause``. State for idle hosts is dropped, so memory follows the number
-    of hosts in flight, not the number ever seen.
+    ``pause``.
+
+    With ``adaptive`` (the default) ``concurrency`` is a ceiling: each host
+    starts with a window of ``INITIAL_WINDOW`` requests, which grows as TCP's
+    congestion window does (by one per answer below a threshold, so it doubles
+    every round trip, then by one per round trip) while the host answers and
+    its latency stays within twice its best, and is halved at once, at most
+    once per round trip, when the host says it is busy (429, 503: see
+    ``HostBusyError``). State for idle hosts is dropped, so memory follows the
+    number of hosts in flight, not the number ever seen; the windows they had
+    learned are remembered for the ``LEARNED_HOSTS`` most recent hosts.
     """
 
-    def __init__(self, concurrency: int, rps: float = 0.0) -> None:
+    def __init__(self, concurrency: int, rps: float = 0.0, adaptive: bool = True) -> None:
         if concurrency < 1:
             raise ValueError(f"HostLimiter concurrency must be >= 1, got {concurrency}")
         if rps < 0:
             raise ValueError(f"HostLimiter rps must be >= 0 (0 = unlimited), got {rps}")
         self.concurrency = concurrency
         self.rps = rps
+        self.adaptive = adaptive
+        self._initial = float(min(INITIAL_WINDOW, concurrency) if adaptive else concurrency)
         self._interval = 1.0 / rps if rps > 0 else 0.0
         self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)
         self._hosts: dict[str, _HostState] = {}
+        self._learned: OrderedDict[str, tuple[float, float, float]] = OrderedDict()
         self._sweep_above = 1024
 
     @contextlib.contextmanager
     def slot(self, host: str, deadline_at: float) -> Iterator[None]:
-        """Hold one request slot for ``host``; raises ``RejectError`` if none is free before ``deadline_at``."""
+        """Hold one request slot for ``host``; raises ``RejectError`` if none is free before ``deadline_at``.
+
+        How long the body of the ``with`` took, and whether it raised
+        ``HostBusyError``, is what the adaptive window learns from.
+        """
         started = time.monotonic()
         state = self._enter(host)
-        acquired = False
+        acquired_at = None
+        busy = False
         try:
-            left = deadline_at - started
-            if left <= 0 or not state.slots.acquire(timeout=left):
-                raise RejectError(
-                    Reason.TIMEOUT,
-                    f"deadline exceeded after waiting {time.monotonic() - started:.2f}s for one of "
-                    f"per_domain_concurrency={self.concurrency} request slot(s) to {host}",
-                )
-            acquired = True
+            self._acquire(host, state, started, deadline_at)
+            acquired_at = time.monotonic()
             # The rate wait happens while holding the slot: waiting first and
             # queueing for the slot afterwards would let starts bunch up again.
             wait = self._reserve(host, state, deadline_at)
             if wait > 0:
                 time.sleep(wait)
+                acquired_at = time.monotonic()
             yield
+        except HostBusyError:
+            busy = True
+            raise
         finally:
-            if acquired:
-                state.slots.release()
-            self._leave(host, state)
+            with self._lock:
+                if acquired_at is not None:
+                    state.in_flight -= 1
+                    if self.adaptive:
+                        self._learn(state, time.monotonic() - acquired_at, busy)
+                    self._freed.notify_all()
+                state.users -= 1
+                self._forget_if_idle(host, state)
+
+    def window(self, host: str) -> float:
+        """The host's current window (``concurrency`` when not adaptive); for tests and monitoring."""
+        with self._lock:
+            state = self._hosts.get(host)
+            if state is not None:
+                return state.window
+            learned = self._learned.get(host)
+            return self._initial if learned is None else learned[0]
 
     def pause(self, host: str, seconds: float, reason: Reason = Reason.HTTP_429) -> None:
         """Start no request to ``host`` for ``seconds``, in any thread (the host sent ``Retry-After``)."""
@@ -313,7 +367,7 @@ class HostLimiter:
         with self._lock:
             state = self._hosts.get(host)
             if state is None:
-                state = self._hosts[host] = _HostState(self.concurrency)
+                state = self._hosts[host] = self._new_state(host)
             if until > state.paused_until:
                 state.paused_until = until
                 state.pause_reason = reason
@@ -329,29 +383,70 @@ class HostLimiter:
         with self._lock:
             return len(self._hosts)
 
+    def _new_state(self, host: str) -> _HostState:
+        state = _HostState(self._initial, float(self.concurrency))
+        learned = self._learned.pop(host, None)
+        if learned is not None:
+            state.window, state.ssthresh, state.best_latency = learned
+        return state
+
     def _enter(self, host: str) -> _HostState:
         with self._lock:
             state = self._hosts.get(host)
             if state is None:
                 if len(self._hosts) >= self._sweep_above:
                     self._sweep(time.monotonic())
-                state = self._hosts[host] = _HostState(self.concurrency)
+                state = self._hosts[host] = self._new_state(host)
             state.users += 1
             return state
 
-    def _leave(self, host: str, state: _HostState) -> None:
+    def _acquire(self, host: str, state: _HostState, started: float, deadline_at: float) -> None:
         with self._lock:
-            state.users -= 1
-            if state.users == 0 and max(state.next_at, state.paused_until) <= time.monotonic():
-                # Nothing left to remember: a fresh state would behave the same.
-                if self._hosts.get(host) is state:
-                    del self._hosts[host]
+            while state.in_flight >= max(1, int(state.window)):
+                left = deadline_at - time.monotonic()
+                if left <= 0 or not self._freed.wait(timeout=left) and time.monotonic() >= deadline_at:
+                    raise RejectError(
+                        Reason.TIMEOUT,
+                        f"deadline exceeded after waiting {time.monotonic() - started:.2f}s for one of "
+                        f"{int(state.window)} request slot(s) to {host} (per_domain_concurrency={self.concurrency})",
+                    )
+            state.in_flight += 1
+
+    def _learn(self, state: _HostState, latency: float, busy: bool) -> None:
+        """AIMD on the host's window from one finished request (called with the lock held)."""
+        now = time.monotonic()
+        if busy:
+            # Halve once per round trip: the requests already in flight when
+            # the host first complained will complain too.
+            if now - state.last_decrease > max(state.best_latency, 0.01) or state.best_latency == float("inf"):
+                state.ssthresh = max(1.0, state.window / 2)
+                state.window = state.ssthresh
+                state.last_decrease = now
+            return
+        state.best_latency = min(latency, state.best_latency * _BASELINE_DRIFT)
+        if latency > _FLAT_LATENCY_FACTOR * state.best_latency + 0.005:
+            return  # the host is slowing down: hold
+        growth = 1.0 if state.window < state.ssthresh else 1.0 / state.window
+        state.window = min(float(self.concurrency), state.window + growth)
+
+    def _forget_if_idle(self, host: str, state: _HostState) -> None:
+        if state.users == 0 and max(state.next_at, state.paused_until) <= time.monotonic() and self._hosts.get(host) is state:
+            del self._hosts[host]
+            if self.adaptive:
+                self._remember(host, state)
+
+    def _remember(self, host: str, state: _HostState) -> None:
+        self._learned[host] = (state.window, state.ssthresh, state.best_latency)
+        if len(self._learned) > LEARNED_HOSTS:
+            self._learned.popitem(last=False)
 
     def _sweep(self, now: float) -> None:
-        # Hosts left with a pending rate interval or pause are not dropped in
-        # _leave; collect them once the table has doubled since the last sweep.
+        # Hosts left with a pending rate interval or pause are not dropped when
+        # they go idle; collect them once the table has doubled since the last sweep.
         for host in [h for h, s in self._hosts.items() if s.users == 0 and max(s.next_at, s.paused_until) <= now]:
-            del self._hosts[host]
+            state = self._hosts.pop(host)
+            if self.adaptive:
+                self._remember(host, state)
         self._sweep_above = max(1024, 2 * len(self._hosts))
 
     def _reserve(self, host: str, state: _HostState, deadline_at: float) -> float:

@@ -81,7 +81,8 @@ class DownloadConfig:
     user_agent: str = DEFAULT_USER_AGENT
     batch_size: int = 256  # URLs handed to one thread pool at a time (bigger: fewer straggler waits)
     # Politeness and safety (see README "Crawling politely and safely").
-    per_domain_concurrency: int = 16  # requests in flight to one host, per worker
+    per_domain_concurrency: int = 32  # most requests in flight to one host, per worker
+    adaptive_concurrency: bool = True  # start at 4 per host and grow while the host keeps up (AIMD), up to the above
     per_domain_rps: float = 0.0  # requests per second to one host, per worker; 0 = unlimited
     retry_after_max: float = 30.0  # longest Retry-After we wait for (still bounded by the deadline)
     allow_private_network: bool = False  # loopback/private/link-local targets refused unless set

@@ -19,6 +19,7 @@ import pytest
 from paircurate.crawl import client
 from paircurate.crawl.client import FetchContext, download_image, make_pool
 from paircurate.crawl.politeness import (
+    HostBusyError,
     HostLimiter,
     RobotsCache,
     blocked_address_reason,
@@ -507,3 +508,47 @@ def test_download_image_needs_a_fetch_context(loopback_server):
 
     with pytest.raises(TypeError, match="make_pool"):
         download_image(loopback_server.url("/same/x.png"), BASE, urllib3.PoolManager())
+
+
+# -- adaptive per-host concurrency (AIMD) ---------------------------------------------------
+
+
+def test_host_window_grows_while_answers_are_flat_and_halves_on_overload():
+    limiter = HostLimiter(concurrency=32)
+    assert limiter.window("h.test") == 4  # starts low
+    for _ in range(40):
+        with limiter.slot("h.test", time.monotonic() + 1):
+            pass
+    assert limiter.window("h.test") == 32  # grew to the ceiling, never past it
+    with pytest.raises(RejectError):
+        with limiter.slot("h.test", time.monotonic() + 1):
+            raise HostBusyError(Reason.HTTP_5XX, "HTTP 503")
+    assert limiter.window("h.test") == 16
+    with pytest.raises(RejectError):  # a 500 or a timeout may be one URL's fault, not the host's load
+        with limiter.slot("h.test", time.monotonic() + 1):
+            raise RejectError(Reason.HTTP_5XX, "HTTP 500")
+    assert limiter.window("h.test") > 16
+    fixed = HostLimiter(concurrency=32, adaptive=False)
+    assert fixed.window("h.test") == 32
+
+
+def test_adaptive_concurrency_finds_a_busy_hosts_capacity(loopback_server):
+    """A host with room for 4 requests at once: the adaptive crawler gets far fewer 503s than a fixed one."""
+    s = loopback_server
+    urls = [s.url(f"/fault/busy?capacity=4&delay=0.03&i={i}") for i in range(240)]
+
+    def crawl(adaptive: bool) -> tuple[int, int, float]:
+        before_503 = s.count("busy", "503")
+        config = cfg(per_domain_concurrency=32, adaptive_concurrency=adaptive, retries=4, deadline=20.0, backoff_base=0.05)
+        ctx = make_pool(config)
+        with ThreadPoolExecutor(32) as pool:
+            results = list(pool.map(lambda u: outcome(u, config, ctx)[0], urls))
+        return results.count("ok"), s.count("busy", "503") - before_503, ctx.limiter.window("127.0.0.1")
+
+    adaptive_ok, adaptive_503, window = crawl(adaptive=True)
+    fixed_ok, fixed_503, fixed_window = crawl(adaptive=False)
+    assert adaptive_ok == len(urls)  # every URL made it, within its retries
+    assert window <= 16  # settled near the host's capacity, far below the ceiling of 32
+    assert fixed_window == 32
+    assert adaptive_503 < fixed_503 / 2, (adaptive_503, fixed_503)
+    assert adaptive_ok >= fixed_ok

@@ -342,6 +342,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, FAULT_IMAGE, "image/png")
         return True
 
+    def _fault_busy(self, args: list[str], q: dict[str, str]) -> bool:
+        # A host with room for ``capacity`` requests at once: beyond it, 503 at once.
+        owner = self.server.owner
+        if owner.in_flight(self._working_on or "") > int(q.get("capacity", "4")):
+            owner._bump(("busy", "503"))
+            self._send(503, b"busy\n", "text/plain")
+        elif owner._stopping.wait(float(q.get("delay", "0.02"))):
+            self.close_connection = True
+        else:
+            owner._bump(("busy", "200"))
+            self._send(200, FAULT_IMAGE, "image/png")
+        return True
+
     def _fault_noai(self, args: list[str], q: dict[str, str]) -> bool:
         self._send(200, FAULT_IMAGE, "image/png", {"X-Robots-Tag": q.get("tag", "noai")})
         return True
@@ -408,6 +421,7 @@ FAULT_ROUTES = {
     "redirect-loop": _Handler._fault_redirect_loop,
     "redirect": _Handler._fault_redirect,  # ?to=&code=
     "redirect-chain": _Handler._fault_redirect_chain,  # /fault/redirect-chain/N
+    "busy": _Handler._fault_busy,  # ?capacity=&delay=: 503 while more than capacity requests are in flight
     "noai": _Handler._fault_noai,  # ?tag=
     "bomb": _Handler._fault_bomb,  # ?side=
     "429": _Handler._fault_429,  # ?id=&status=&retry_after=: the first request of ID only
@@ -525,6 +539,16 @@ class LoopbackServer:
         """Requests received for ``path``; with a ``?query`` only that exact target counts."""
         with self._lock:
             return self._hits.get(path, 0)
+
+    def in_flight(self, host: str) -> int:
+        """Requests for that Host name being worked on right now."""
+        with self._lock:
+            return self._in_flight.get(host.lower().strip("[]"), 0)
+
+    def count(self, kind: str, key: str) -> int:
+        """How often a fault route counted ``(kind, key)``: e.g. ``count("busy", "503")``."""
+        with self._lock:
+            return self._counters.get((kind, key), 0)
 
     def requests(self, path: str | None = None) -> list[RecordedRequest]:
         """Requests received (method, target, headers), oldest first; optionally for one path."""
