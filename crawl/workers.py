@@ -251,7 +251,8 @@ class FetchWorkers:
     def _start_pool(self) -> ProcessPoolExecutor:
         ctx = multiprocessing.get_context("forkserver")
         # The fork server imports this module once; every child forks from it
-        # with Pillow, urllib3 and numpy already loaded, and without Beam.
+        # with Pillow, urllib3 and numpy already loaded, and without Beam. (The
+        # CLI may have started it already: see start_forkserver_early.)
         ctx.set_forkserver_preload([__name__])
         pool = ProcessPoolExecutor(
             max_workers=self.processes,

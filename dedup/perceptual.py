@@ -18,7 +18,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-import imagehash
 import numpy as np
 from paircurate.dedup.components import DuplicatePair, pair_order
 from paircurate.schemas.outcomes import Reason
@@ -43,6 +42,8 @@ class Match:
 
 def phash(image: Image.Image) -> str:
     """64-bit DCT perceptual hash of a decoded image, as 16 hex characters."""
+    import imagehash  # here, not at the top: it pulls in scipy, which only the processes that hash need
+
     return str(imagehash.phash(image, hash_size=8))
 
 
