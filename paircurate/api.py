@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
+from paircurate.filters.blocklist import load_blocklists
 from paircurate.filters.similarity import combined_threshold, resolve_threshold
 from paircurate.pipeline.graph import build_graph
 from paircurate.pipeline.progress import PROGRESS_DIR, ProgressMonitor
@@ -26,6 +27,7 @@ from paircurate.pipeline.score import CUTOFF_FILE
 from paircurate.pipeline.spool import SPOOL_DIR
 from paircurate.pipeline.stats import build_funnel, package_versions, read_shard_stats
 from paircurate.pipeline.write import completed_shards, shard_name
+from paircurate.release import finish_folder, utc
 from paircurate.runners import (
     make_runner,
     plan_passes,
@@ -63,6 +65,7 @@ class WorkPlan:
 def run(cfg: PipelineConfig, overwrite: bool = False) -> RunSummary:
     _refuse_in_worker_import()
     cfg.validate_for_run()
+    blocklists = load_blocklists(cfg.blocklist.paths)  # a bad list stops the run here, naming file and line
     started = time.time()
     files = plan_inputs(cfg.input)  # checked before anything in the output folder is touched
     out_dir = cfg.output.path
@@ -73,13 +76,9 @@ def run(cfg: PipelineConfig, overwrite: bool = False) -> RunSummary:
     if work.pending_rows:
         cfg = _run_passes(cfg, files, work)
     shutil.rmtree(os.path.join(out_dir, SPOOL_DIR), ignore_errors=True)
-    stats = _write_run_stats(out_dir, cfg, files, work, started)
-    if cfg.runner.report:
-        from paircurate.report import (
-            write_report,  # matplotlib only when a report is wanted
-        )
-
-        write_report(out_dir)
+    stats = _run_stats(out_dir, cfg, files, work, started)
+    # stats.json, report.html, datasheet.md and shardindex.json, from the folder as it now is
+    finish_folder(out_dir, stats, report=cfg.runner.report, blocklist_entries=blocklists.entry_counts)
     return RunSummary(output=out_dir, stats=stats)
 
 
@@ -163,23 +162,21 @@ def _clip_stats(cfg: PipelineConfig, out_dir: str) -> dict:
     return stats
 
 
-def _write_run_stats(out_dir: str, cfg: PipelineConfig, files: list[InputFile], work: WorkPlan, started: float) -> dict:
+def _run_stats(out_dir: str, cfg: PipelineConfig, files: list[InputFile], work: WorkPlan, started: float) -> dict:
     shard_stats = read_shard_stats(out_dir)
     stats = {
         "output": os.path.abspath(out_dir),
         "shards": len(shard_stats),
         "funnel": build_funnel(shard_stats, work.input_rows),
         "resumed_shards": sorted(work.done),
+        "started": utc(started),
+        "finished": utc(time.time()),
         "wall_seconds": round(time.time() - started, 3),
         "inputs": [{"path": f.path, "format": f.format, "rows": f.num_rows} for f in files],
         "config": cfg.to_dict(),
         "versions": package_versions(),
         **_clip_stats(cfg, out_dir),
     }
-    tmp = os.path.join(out_dir, f".{STATS_FILE}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(stats, fh, indent=2, sort_keys=True)
-    os.replace(tmp, os.path.join(out_dir, STATS_FILE))
     return stats
 
 

@@ -1,0 +1,268 @@
+"""Blocklists: parsing hostile files, matching, and a run that removes listed URLs before any request and listed images after."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import io
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from imagegen import encode, photo
+from PIL import Image
+
+from paircurate.cli import main
+from paircurate.filters.blocklist import BlocklistError, BlocklistMatch, load_blocklists, parse_line
+from paircurate.filters.duplicates import phash
+from paircurate.filters.image import prepare_image
+from paircurate.schemas.config import ImageConfig
+
+IMAGE_SIZE = 64
+
+
+# --- parsing ---------------------------------------------------------------------------------------
+
+
+def write(tmp_path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_text_list_entries_match_what_they_name(tmp_path):
+    path = write(
+        tmp_path,
+        "takedown.txt",
+        "# takedown requests, 2026-11\n\n"
+        "url:HTTP://Images.Example.com:80/a/1.jpg#frag\n"
+        "prefix:https://cdn.example.org/private/   # a whole folder\n"
+        "domain:Example.NET.\n"
+        "sha256:" + "AB" * 32 + "\n"
+        "md5:" + "cd" * 16 + "\n"
+        "phash:c3c3e1e1f0f0383c 6\n"
+        "phash:0000000000000000\n",
+    )
+    lists = load_blocklists([path])
+    assert lists.entry_counts[path] == {"url": 1, "prefix": 1, "domain": 1, "sha256": 1, "md5": 1, "phash": 2}
+    hit = lambda kind: BlocklistMatch(path, kind)  # noqa: E731
+    assert lists.match_url("http://images.example.com/a/1.jpg") == hit("url")
+    assert lists.match_url("http://images.example.com/a/2.jpg") is None
+    assert lists.match_url("https://cdn.example.org/private/x/y.png") == hit("prefix")
+    assert lists.match_url("https://cdn.example.org/public/y.png") is None
+    assert lists.match_url("http://static.eu.example.net/z.jpg") == hit("domain")
+    assert lists.match_url("http://example.net/z.jpg") == hit("domain")
+    assert lists.match_url("http://notexample.net/z.jpg") is None
+    assert lists.match_digests("ab" * 32, None) == hit("sha256")
+    assert lists.match_digests(None, "cd" * 16) == hit("md5")
+    assert lists.match_digests("00" * 32, "00" * 16) is None
+    assert lists.match_bytes(b"") is None
+    # Distance 6 for the first entry, the default 4 for the second.
+    assert lists.match_phash("c3c3e1e1f0f0383f") == hit("phash")  # 2 bits away
+    assert lists.match_phash("000000000000001f") is None  # 5 bits from 0
+    assert lists.match_phash("000000000000000f") == hit("phash")  # 4 bits from 0
+
+
+def test_first_list_given_is_named_and_parquet_lists_work(tmp_path):
+    text = write(tmp_path, "a.txt", "url:http://x.example.com/1.jpg\n")
+    table = pa.table({"url": ["http://x.example.com/1.jpg", None], "phash": [None, "ffffffffffffffff"], "distance": [None, 1]})
+    parquet = str(tmp_path / "b.parquet")
+    pq.write_table(table, parquet)
+    lists = load_blocklists([text, parquet])
+    assert lists.match_url("http://x.example.com/1.jpg") == BlocklistMatch(text, "url")  # listed in both: the first given
+    assert lists.match_phash("fffffffffffffffe") == BlocklistMatch(parquet, "phash")
+    assert lists.match_phash("fffffffffffffffc") is None  # 2 bits > distance 1
+    assert BlocklistMatch.from_detail(BlocklistMatch("odd: name.txt", "md5").detail()) == BlocklistMatch("odd: name.txt", "md5")
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("sha1:abc", "expected KIND:VALUE"),
+        ("sha256:xyz", "sha256 must be 64 hex digits"),
+        ("md5:" + "a" * 31, "md5 must be 32 hex digits"),
+        ("phash:c3c3e1e1f0f0383c 99", "phash distance must be in 0..63"),
+        ("phash:c3c3e1e1f0f0383c near", "whole number of bits"),
+        ("url:ftp://example.com/x", "needs an http(s) scheme and a host"),
+        ("domain:https://example.com/x", "not a host name"),
+        ("url:http://example.com/x extra", "unexpected text after the url value"),
+        ("just some words", "expected KIND:VALUE"),
+    ],
+)
+def test_a_bad_line_is_named_by_file_and_line(tmp_path, line, message):
+    path = write(tmp_path, "bad.txt", "url:http://ok.example.com/1.jpg\n# fine so far\n" + line + "\n")
+    with pytest.raises(BlocklistError) as err:
+        load_blocklists([path])
+    assert str(err.value).startswith(f"blocklist {path} line 3: ")
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unusable_files_are_user_errors(tmp_path):
+    with pytest.raises(BlocklistError, match="no such file"):
+        load_blocklists([str(tmp_path / "missing.txt")])
+    binary = tmp_path / "hashes.bin"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(BlocklistError, match="not UTF-8 text"):
+        load_blocklists([str(binary)])
+    parquet = str(tmp_path / "cols.parquet")
+    pq.write_table(pa.table({"link": ["http://a.example.com/"]}), parquet)
+    with pytest.raises(BlocklistError, match="has none of the columns"):
+        load_blocklists([parquet])
+    pq.write_table(pa.table({"sha256": ["nothex"]}), parquet)
+    with pytest.raises(BlocklistError, match=r"row 0 column 'sha256'"):
+        load_blocklists([parquet])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(max_size=200))
+def test_any_line_parses_or_is_refused_plainly(line):
+    try:
+        parse_line(line)
+    except ValueError as exc:
+        assert str(exc) and "\n" not in str(exc)
+
+
+hex_of = lambda n: st.text(alphabet="0123456789abcdefABCDEF", min_size=n, max_size=n)  # noqa: E731
+labels = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    sha=hex_of(64), md5=hex_of(32), ph=hex_of(16), distance=st.integers(0, 63),
+    domain=st.lists(labels, min_size=1, max_size=4).map(".".join), sub=st.lists(labels, max_size=3),
+    path=st.text(alphabet="abc/._-~%0123456789", max_size=40),
+)
+def test_written_entries_read_back_and_match(tmp_path_factory, sha, md5, ph, distance, domain, sub, path):
+    url = f"https://{domain}/{path}"
+    listed = tmp_path_factory.mktemp("lists") / "l.txt"
+    listed.write_text(f"sha256:{sha}\nmd5:{md5}\nphash:{ph} {distance}\ndomain:{domain}\nurl:{url}\n")
+    lists = load_blocklists([str(listed)])
+    name = str(listed)
+    assert lists.match_digests(sha.lower(), None) == BlocklistMatch(name, "sha256")
+    assert lists.match_digests(None, md5.lower()) == BlocklistMatch(name, "md5")
+    assert lists.match_phash(ph.lower()) == BlocklistMatch(name, "phash")
+    assert lists.match_url(url) == BlocklistMatch(name, "url")
+    under = ".".join([*sub, domain])
+    assert lists.match_url(f"http://{under}/other.jpg") == BlocklistMatch(name, "domain")
+    assert lists.match_url(f"http://x{domain}.invalid/other.jpg") is None
+
+
+# --- a run -----------------------------------------------------------------------------------------
+
+
+def stored_phash(data: bytes) -> str:
+    prepared = prepare_image(data, ImageConfig(image_size=IMAGE_SIZE))
+    with Image.open(io.BytesIO(prepared.data)) as img:
+        return phash(img.convert("RGB"))
+
+
+def flip_bits(hex_hash: str, bits: int) -> str:
+    return format(int(hex_hash, 16) ^ ((1 << bits) - 1), "016x")
+
+
+@pytest.fixture
+def listed_run(loopback_server, tmp_path):
+    """12 rows: 6 kept, and one for each kind of blocklist entry."""
+    s = loopback_server
+    images = {i: encode(photo(100 + i)) for i in range(12)}
+    rows = []
+    for i in range(12):
+        path = s.add(f"/{'private/' if i == 2 else ''}img/{i}.jpg", images[i])
+        url = f"http://localhost:{s.port}{path}" if i == 3 else s.url(path)
+        rows.append((url, f"a listed photo number {i}"))
+    urls_list = write(tmp_path, "urls.txt", f"url:{rows[1][0]}\nprefix:{s.url('/private/')}\ndomain:localhost\n")
+    hashes_list = write(
+        tmp_path,
+        "hashes.txt",
+        f"sha256:{hashlib.sha256(images[4]).hexdigest()}\n"
+        f"md5:{hashlib.md5(images[5]).hexdigest()}\n"
+        f"phash:{flip_bits(stored_phash(images[6]), 2)} 3\n",
+    )
+    inputs = tmp_path / "in.csv"
+    with open(inputs, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["url", "caption", "page"])
+        writer.writerows([(u, c, f"page-{i}") for i, (u, c) in enumerate(rows)])
+    expected = {i: "kept" for i in range(12)}
+    expected.update({1: "download", 2: "download", 3: "download", 4: "image", 5: "image", 6: "image"})
+    return {"server": s, "images": images, "rows": rows, "inputs": str(inputs), "lists": [urls_list, hashes_list], "expected": expected}
+
+
+def run_cli(inputs: str, out, *extra) -> int:
+    return main([
+        "run", inputs, "-o", str(out), "--image-size", str(IMAGE_SIZE), "--shard-size", "5", "--no-progress",
+        "--allow-private-network", "--save-cols", "page", *extra,
+    ])
+
+
+def ledger(out) -> dict[int, dict]:
+    """source_row -> the row's kept Parquet or reject row; every row once."""
+    rows: dict[int, dict] = {}
+    for pattern in ("[0-9]*.parquet", "rejected/[0-9]*.parquet"):
+        for path in sorted(glob.glob(os.path.join(out, pattern))):
+            for r in pq.read_table(path).to_pylist():
+                assert r["source_row"] not in rows, f"row {r['source_row']} appears twice"
+                rows[r["source_row"]] = r
+    return rows
+
+
+def test_listed_urls_are_never_requested_and_listed_images_never_stored(listed_run, tmp_path):
+    s = listed_run["server"]
+    out = tmp_path / "out"
+    urls_list, hashes_list = listed_run["lists"]
+    assert run_cli(listed_run["inputs"], out, "--blocklist", urls_list, hashes_list) == 0
+
+    rows = ledger(out)
+    assert sorted(rows) == list(range(12))
+    for i, want in listed_run["expected"].items():
+        r = rows[i]
+        if want == "kept":
+            assert "reason" not in r, (i, r)
+            continue
+        assert (r["stage"], r["reason"]) == (want, "blocklisted"), (i, r)
+        # The ledger keeps the row's place but not what it pointed at.
+        assert r["url"] is None and r["caption"] is None and r["page"] is None
+        assert r["uid"] and r["source_file"] == listed_run["inputs"]
+    assert rows[1]["detail"] == f"blocklist {urls_list}: url entry"
+    assert rows[2]["detail"] == f"blocklist {urls_list}: prefix entry"
+    assert rows[3]["detail"] == f"blocklist {urls_list}: domain entry"
+    assert [rows[i]["detail"] for i in (4, 5, 6)] == [f"blocklist {hashes_list}: {k} entry" for k in ("sha256", "md5", "phash")]
+
+    # URL entries: nothing was fetched; hash entries: fetched, then dropped.
+    assert s.hits("/img/1.jpg") == 0 and s.hits("/private/img/2.jpg") == 0 and s.hits("/img/3.jpg") == 0
+    assert not [r for r in s.requests() if r.headers.get("Host", "").startswith("localhost")]
+    assert s.hits("/img/4.jpg") == s.hits("/img/5.jpg") == s.hits("/img/6.jpg") == 1
+    kept_md5 = {r["md5"] for r in rows.values() if "reason" not in r}
+    assert hashlib.md5(listed_run["images"][0]).hexdigest() in kept_md5  # of the bytes as served
+
+    with open(out / "stats.json") as fh:
+        stats = json.load(fh)
+    assert stats["funnel"]["reasons"]["blocklisted"] == 6
+    assert stats["blocklists"][urls_list] == {"rows": 3, "by_kind": {"domain": 1, "prefix": 1, "url": 1}, "entries": {"url": 1, "prefix": 1, "domain": 1, "sha256": 0, "md5": 0, "phash": 0}}
+    assert stats["blocklists"][hashes_list]["rows"] == 3
+    assert "localhost" not in {h["host"] for h in stats["hosts"]["top_by_volume"]}
+
+    # Counts per list only: no URL, path or caption of a listed row anywhere in the report or datasheet.
+    report = (out / "report.html").read_text()
+    datasheet = (out / "datasheet.md").read_text()
+    for text in (report, datasheet):
+        for i in (1, 2, 3, 4, 5, 6):
+            assert f"/img/{i}.jpg" not in text and f"photo number {i}<" not in text and f"page-{i}" not in text
+    assert "a listed photo number 0" in report  # kept samples still show
+    assert f"`{urls_list}`: 3 rows" in datasheet
+
+
+def test_a_bad_list_stops_the_run_before_anything_is_fetched(listed_run, tmp_path, capsys):
+    bad = write(tmp_path, "bad.txt", "domain:example.com\nsha256:1234\n")
+    out = tmp_path / "out"
+    assert run_cli(listed_run["inputs"], out, "--blocklist", bad) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"paircurate: error: blocklist {bad} line 2: sha256 must be 64 hex digits, got '1234'"
+    assert listed_run["server"].requests() == []
+    assert not out.exists()
