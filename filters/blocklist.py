@@ -104,6 +104,23 @@ class Blocklist:
         }
 
 
+def reject_row(record: dict, match: BlocklistMatch) -> dict:
+    """The ledger row of a blocklisted record: identity, provenance and which list, nothing of its content.
+
+    URL entries reject at the download stage (nothing was fetched), hash
+    entries at the image stage (after the bytes arrived); a release must not
+    redistribute the URL, caption or extra columns of what it removed.
+    """
+    from paircurate.schemas import records as R
+    from paircurate.schemas.outcomes import Reason, Stage
+
+    stage = Stage.DOWNLOAD if match.kind in URL_KINDS else Stage.IMAGE
+    row = R.make_reject(record, stage, Reason.BLOCKLISTED, match.detail())
+    row[R.URL] = row[R.CAPTION] = None
+    row[R.EXTRA] = {}
+    return row
+
+
 def parse_hex(value: str, kind: str) -> str:
     text = value.strip().lower()
     if text.startswith("0x") and kind == "phash":

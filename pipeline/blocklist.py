@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from paircurate.filters.blocklist import BlocklistMatch, Blocklists, load_blocklists
+from paircurate.filters.blocklist import BlocklistMatch, Blocklists, load_blocklists, reject_row
 from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs
 from paircurate.schemas import records as R
 from paircurate.schemas.outcomes import Reason, Stage
@@ -23,14 +23,6 @@ from paircurate.schemas.outcomes import Reason, Stage
 BEFORE_DOWNLOAD = "url"
 AFTER_DOWNLOAD = "image"
 _STAGE = {BEFORE_DOWNLOAD: Stage.DOWNLOAD, AFTER_DOWNLOAD: Stage.IMAGE}
-
-
-def blocklisted_reject(record: dict, stage: Stage, match: BlocklistMatch) -> dict:
-    """The ledger row of a blocklisted record: identity and provenance, nothing of its content."""
-    row = R.make_reject(record, stage, Reason.BLOCKLISTED, match.detail())
-    row[R.URL] = row[R.CAPTION] = None
-    row[R.EXTRA] = {}
-    return row
 
 
 def match_record(record: dict, lists: Blocklists, gate: str) -> BlocklistMatch | None:
@@ -56,7 +48,7 @@ class _BlocklistFn(beam.DoFn):
             yield record
         else:
             self._counters.rejected(Reason.BLOCKLISTED)
-            yield beam.pvalue.TaggedOutput(REJECTED, blocklisted_reject(record, self._stage, match))
+            yield beam.pvalue.TaggedOutput(REJECTED, reject_row(record, match))
 
 
 class RejectBlocklisted(beam.PTransform):

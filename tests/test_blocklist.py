@@ -266,3 +266,89 @@ def test_a_bad_list_stops_the_run_before_anything_is_fetched(listed_run, tmp_pat
     assert err == f"paircurate: error: blocklist {bad} line 2: sha256 must be 64 hex digits, got '1234'"
     assert listed_run["server"].requests() == []
     assert not out.exists()
+
+
+# --- paircurate remove -----------------------------------------------------------------------------
+
+
+def file_digests(folder) -> dict[str, str]:
+    out = {}
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, folder)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def tar_members(path) -> dict[str, bytes]:
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar}
+
+
+def test_remove_writes_a_new_version_without_the_listed_samples(listed_run, tmp_path, capsys):
+    import webdataset as wds
+
+    out, out2 = tmp_path / "out", tmp_path / "out-v2"
+    # No pHash column in this run: remove computes it from the stored images.
+    assert run_cli(listed_run["inputs"], out, "--no-dedup-perceptual") == 0
+    before = file_digests(out)
+    requests_before = len(listed_run["server"].requests())
+    assert main(["remove", str(out), "--blocklist", *listed_run["lists"], "-o", str(out2)]) == 0
+    urls_list, hashes_list = listed_run["lists"]
+    assert capsys.readouterr().out.strip().endswith(f"6 samples removed ({urls_list}: 3, {hashes_list}: 3); new version in {out2}")
+    assert file_digests(out) == before  # the old version is untouched
+    assert len(listed_run["server"].requests()) == requests_before  # nothing fetched
+
+    # The same ledger a run with the lists would have written.
+    rows = ledger(out2)
+    assert sorted(rows) == list(range(12))
+    for i, want in listed_run["expected"].items():
+        if want == "kept":
+            assert "reason" not in rows[i]
+        else:
+            assert (rows[i]["stage"], rows[i]["reason"], rows[i]["url"], rows[i]["caption"], rows[i]["page"]) == (want, "blocklisted", None, None, None)
+    assert [rows[i]["detail"] for i in (1, 4, 6)] == [f"blocklist {urls_list}: url entry", f"blocklist {hashes_list}: sha256 entry", f"blocklist {hashes_list}: phash entry"]
+
+    after = file_digests(out2)
+    # Shard 2 (rows 10, 11) held no match: byte-identical, like the run's plan.
+    for name in ("00002.tar", "00002.parquet", "00002_stats.json", "rejected/00002.parquet", "_plan.json"):
+        assert after[name] == before[name], name
+    for name in ("00000.tar", "00000.parquet", "00001.tar", "rejected/00001.parquet", "stats.json", "datasheet.md", "shardindex.json"):
+        assert after[name] != before[name], name
+    # Rewritten tars: the kept samples' members byte for byte, and readable by webdataset.
+    for shard in ("00000", "00001"):
+        old, new = tar_members(out / f"{shard}.tar"), tar_members(out2 / f"{shard}.tar")
+        assert set(new) < set(old) and all(new[k] == old[k] for k in new)
+        keys = [s["__key__"] for s in wds.WebDataset(str(out2 / f"{shard}.tar"), shardshuffle=False, empty_check=False)]
+        assert keys == pq.read_table(out2 / f"{shard}.parquet").column("uid").to_pylist()
+        with open(out2 / f"{shard}_stats.json") as fh:
+            shard_stats = json.load(fh)
+        assert shard_stats["tar_bytes"] == os.path.getsize(out2 / f"{shard}.tar")
+        assert shard_stats["kept"] == len(keys) and shard_stats["input_rows"] == 5
+
+    with open(out2 / "stats.json") as fh:
+        stats = json.load(fh)
+    assert stats["funnel"]["kept"] == 6 and stats["funnel"]["reasons"]["blocklisted"] == 6 and stats["funnel"]["input_rows"] == 12
+    assert stats["removals"][0]["by_list"] == {urls_list: 3, hashes_list: 3} and stats["removals"][0]["rows"] == 6
+    assert stats["blocklists"][hashes_list]["by_kind"] == {"md5": 1, "phash": 1, "sha256": 1}
+    with open(out2 / "shardindex.json") as fh:
+        assert [s["nsamples"] for s in json.load(fh)["shardlist"]] == [1, 3, 2]
+    report = (out2 / "report.html").read_text()
+    for i in (1, 2, 3, 4, 5, 6):
+        assert f"/img/{i}.jpg" not in report and f"page-{i}" not in report
+
+
+def test_remove_refuses_what_it_cannot_do(listed_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_cli(listed_run["inputs"], out) == 0
+    assert main(["remove", str(out), "--blocklist", listed_run["lists"][0], "-o", str(out)]) == 2
+    assert "must name a new folder" in capsys.readouterr().err
+    assert main(["remove", str(tmp_path), "--blocklist", listed_run["lists"][0], "-o", str(tmp_path / "v2")]) == 2
+    assert "holds no finished paircurate run" in capsys.readouterr().err
+    bad = write(tmp_path, "bad.txt", "md5:xyz\n")
+    assert main(["remove", str(out), "--blocklist", bad, "-o", str(tmp_path / "v2")]) == 2
+    assert capsys.readouterr().err.strip() == f"paircurate: error: blocklist {bad} line 1: md5 must be 32 hex digits, got 'xyz'"
+    assert not (tmp_path / "v2").exists()
