@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from paircurate.filters.duplicates import HASH_BITS, PhashIndex
+from paircurate.dedup.perceptual import HASH_BITS, PhashIndex
 from paircurate.schemas.config import UserError
 from paircurate.schemas.identity import normalize_url
 

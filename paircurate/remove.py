@@ -119,7 +119,7 @@ def _find_matches(parquet: str, blocklists: Blocklists) -> dict[str, BlocklistMa
 
 
 def _phash_matches(tar_path: str, uids: set[str], blocklists: Blocklists) -> dict[str, BlocklistMatch]:
-    from paircurate.filters.duplicates import phash
+    from paircurate.dedup.perceptual import phash
 
     found = {}
     with tarfile.open(tar_path) as tar:

@@ -14,13 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from imagegen import encode, photo
+from helpers import encode, photo
 from PIL import Image
 
 from paircurate.cli import main
 from paircurate.filters.blocklist import BlocklistError, BlocklistMatch, load_blocklists, parse_line
-from paircurate.filters.duplicates import phash
-from paircurate.filters.image import prepare_image
+from paircurate.dedup.perceptual import phash
+from paircurate.imaging.prepare import prepare_image
 from paircurate.schemas.config import ImageConfig
 
 IMAGE_SIZE = 64

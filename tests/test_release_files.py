@@ -8,7 +8,7 @@ import json
 
 import pytest
 import wids
-from imagegen import encode, photo
+from helpers import encode, photo
 
 from paircurate.cli import main
 from paircurate.pipeline.ledger import diagnose, failure_class
