@@ -12,6 +12,8 @@ and names the ones to remove; the shard writer turns those into reject rows.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import apache_beam as beam
 from paircurate.pipeline.blocklist import AFTER_DOWNLOAD, BEFORE_DOWNLOAD, RejectBlocklisted
 from paircurate.pipeline.captions import CleanCaptions
@@ -30,13 +32,16 @@ def build_graph(
     skip_shards: frozenset[int] = frozenset(),
     progress_dir: str | None = None,
     written_shards: tuple[str, ...] = (),
+    rows: Mapping[int, int] | None = None,
 ) -> beam.PCollection:
     """Add the whole curation graph to ``p``; returns the per-shard stats PCollection.
 
     ``skip_shards`` are not read at all; ``written_shards`` (Parquet paths of
     shards already in the output folder) are dedup's pinned keepers.
+    ``rows`` ({global input row: shard}) reads only those rows, into those
+    shards: what ``--retry-failed`` re-attempts.
     """
-    pairs = p | "Read" >> ReadPairs(files, cfg.input, cfg.output.shard_size, skip_shards)
+    pairs = p | "Read" >> ReadPairs(files, cfg.input, cfg.output.shard_size, skip_shards, rows)
     captions = pairs.kept | "Captions" >> CleanCaptions(cfg.caption)
     to_fetch = captions.kept
     rejected = [pairs.rejected, captions.rejected]
