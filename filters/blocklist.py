@@ -186,18 +186,22 @@ def parse_line(line: str) -> tuple[str, str, int | None] | None:
     return kind, value, parse_distance(tail) if tail else None
 
 
-def load_blocklist(path: str) -> Blocklist:
-    """Read one list (text, or Parquet by its extension); BlocklistError naming file and line on bad input."""
+def load_blocklist(path: str, kinds: tuple[str, ...] = KINDS) -> Blocklist:
+    """Read one list (text, or Parquet by its extension); BlocklistError naming file and line on bad input.
+
+    Entries of other ``kinds`` are skipped unchecked: a pipeline gate loads
+    only what it matches (the run checks every entry once, at the start).
+    """
     blocklist = Blocklist(name=path)
     if path.lower().endswith((".parquet", ".pq")):
-        _read_parquet(path, blocklist)
+        _read_parquet(path, blocklist, kinds)
         return blocklist
     try:
         with open(path, encoding="utf-8") as fh:
             for number, line in enumerate(fh, start=1):
                 try:
                     entry = parse_line(line)
-                    if entry is not None:
+                    if entry is not None and entry[0] in kinds:
                         blocklist.add(*entry)
                 except ValueError as exc:
                     raise BlocklistError(f"blocklist {path} line {number}: {exc}") from None
@@ -208,7 +212,7 @@ def load_blocklist(path: str) -> Blocklist:
     return blocklist
 
 
-def _read_parquet(path: str, blocklist: Blocklist) -> None:
+def _read_parquet(path: str, blocklist: Blocklist, kinds: tuple[str, ...] = KINDS) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -220,7 +224,7 @@ def _read_parquet(path: str, blocklist: Blocklist) -> None:
     if not columns:
         raise BlocklistError(f"blocklist {path} has none of the columns {list(KINDS)} (columns: {table.column_names})")
     distances = table.column("distance").to_pylist() if "distance" in table.column_names else None
-    for kind in columns:
+    for kind in (c for c in columns if c in kinds):
         for row, value in enumerate(table.column(kind).to_pylist()):
             if value is None:
                 continue
@@ -339,11 +343,11 @@ def _origin(normalized_url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def load_blocklists(paths) -> Blocklists:
-    """Every list in ``paths``; BlocklistError naming the file for a missing or malformed one."""
+def load_blocklists(paths, kinds: tuple[str, ...] = KINDS) -> Blocklists:
+    """Every list in ``paths`` (entries of ``kinds``); BlocklistError naming the file for a missing or malformed one."""
     lists = []
     for path in paths:
         if not os.path.isfile(path):
             raise BlocklistError(f"blocklist {path}: no such file; give text or Parquet blocklists to --blocklist")
-        lists.append(load_blocklist(path))
+        lists.append(load_blocklist(path, kinds))
     return Blocklists(lists)

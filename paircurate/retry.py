@@ -139,7 +139,7 @@ def finish_retry(out_dir: str, plan: RetryPlan) -> None:
 
 
 def _global_rows(table: pa.Table, files_first_row: dict[str, int]) -> list[int]:
-    return [files_first_row[f] + r for f, r in zip(table.column(R.SOURCE_FILE).to_pylist(), table.column(R.SOURCE_ROW).to_pylist())]
+    return [files_first_row[f] + r for f, r in zip(table.column(R.SOURCE_FILE).to_pylist(), table.column(R.SOURCE_ROW).to_pylist(), strict=True)]
 
 
 def _first_rows(out_dir: str) -> dict[str, int]:
@@ -175,7 +175,7 @@ def _drop_retried(out_dir: str, shard: int, path: str, plan: RetryPlan, first_ro
     with open(stats_path) as fh:
         stats = json.load(fh)
     by_stage: dict[str, Counter] = defaultdict(Counter)
-    for stage, reason in zip(table.column(R.STAGE).to_pylist(), table.column(R.REASON).to_pylist()):
+    for stage, reason in zip(table.column(R.STAGE).to_pylist(), table.column(R.REASON).to_pylist(), strict=True):
         by_stage[stage][reason] += 1
     stats["rejected"] = {stage: dict(sorted(c.items())) for stage, c in sorted(by_stage.items())}
     stats["input_rows"] = stats["kept"] + table.num_rows

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from paircurate.filters.blocklist import BlocklistMatch, Blocklists, load_blocklists, reject_row
+from paircurate.filters.blocklist import HASH_KINDS, URL_KINDS, BlocklistMatch, Blocklists, load_blocklists, reject_row
 from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs
 from paircurate.schemas import records as R
 from paircurate.schemas.outcomes import Reason, Stage
@@ -23,6 +23,7 @@ from paircurate.schemas.outcomes import Reason, Stage
 BEFORE_DOWNLOAD = "url"
 AFTER_DOWNLOAD = "image"
 _STAGE = {BEFORE_DOWNLOAD: Stage.DOWNLOAD, AFTER_DOWNLOAD: Stage.IMAGE}
+_KINDS = {BEFORE_DOWNLOAD: URL_KINDS, AFTER_DOWNLOAD: HASH_KINDS}
 
 
 def match_record(record: dict, lists: Blocklists, gate: str) -> BlocklistMatch | None:
@@ -38,7 +39,7 @@ class _BlocklistFn(beam.DoFn):
         self._gate = gate
 
     def setup(self) -> None:
-        self._lists = load_blocklists(self._paths)
+        self._lists = load_blocklists(self._paths, _KINDS[self._gate])  # only the entries this gate matches
         self._stage = _STAGE[self._gate]
         self._counters = StageCounters(self._stage)
 

@@ -96,7 +96,7 @@ def host_stats(out_dir: str, top: int = TOP_HOSTS) -> dict:
         if not table.num_rows:
             continue
         hosts = hosts_of(table.column(R.URL).combine_chunks()).to_pylist()
-        for host, stage, reason, detail in zip(hosts, table.column(R.STAGE).to_pylist(), table.column(R.REASON).to_pylist(), table.column(R.DETAIL).to_pylist()):
+        for host, stage, reason, detail in zip(hosts, table.column(R.STAGE).to_pylist(), table.column(R.REASON).to_pylist(), table.column(R.DETAIL).to_pylist(), strict=True):
             if reason == Reason.BLOCKLISTED.value:
                 continue  # which hosts a blocklist names is not published
             classes[host or NO_HOST][failure_class(stage, reason, detail)] += 1

@@ -6,12 +6,18 @@ import csv
 import hashlib
 import json
 
+from urllib.parse import urlsplit
+
+import pyarrow as pa
 import pytest
 import wids
 from helpers import encode, photo
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from paircurate.cli import main
-from paircurate.pipeline.ledger import diagnose, failure_class
+from paircurate.filters.blocklist import BlocklistMatch
+from paircurate.pipeline.ledger import diagnose, failure_class, hosts_of
 
 
 @pytest.fixture
@@ -112,3 +118,30 @@ def test_no_diagnosis_without_a_plain_pattern():
               "top_by_failures": [{"host": f"h{i}", "failed": 4, "failures": {"timeout": 1, "http_404": 1, "dns": 1, "http_5xx": 1}} for i in range(10)]}
     assert diagnose(spread) == []
     assert diagnose({"failed": 5, "failures_by_class": {"dns": 5}, "top_by_failures": [{"host": "a", "failed": 5, "failures": {"dns": 5}}]}) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    host=st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=10), min_size=1, max_size=4).map(".".join),
+    scheme=st.sampled_from(["http", "https", "HTTP"]),
+    port=st.one_of(st.none(), st.integers(1, 65535)),
+    userinfo=st.sampled_from(["", "user@", "user:pw@"]),
+    rest=st.text(alphabet="abc/?#=&:@._-%", max_size=30),
+)
+def test_hosts_of_agrees_with_urlsplit(host, scheme, port, userinfo, rest):
+    url = f"{scheme}://{userinfo}{host.upper()}{'' if port is None else f':{port}'}/{rest}"
+    assert hosts_of(pa.array([url])).to_pylist() == [urlsplit(url).hostname]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.text(max_size=60)), max_size=20))
+def test_hosts_of_takes_any_text(values):
+    hosts = hosts_of(pa.array(values, pa.string())).to_pylist()
+    assert len(hosts) == len(values)
+    assert all(h is None or (isinstance(h, str) and h == h.lower()) for h in hosts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.text(min_size=1, max_size=80), kind=st.sampled_from(["url", "prefix", "domain", "sha256", "md5", "phash"]))
+def test_blocklist_detail_reads_back(name, kind):
+    assert BlocklistMatch.from_detail(BlocklistMatch(name, kind).detail()) == BlocklistMatch(name, kind)
