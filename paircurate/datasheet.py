@@ -128,7 +128,8 @@ def build_datasheet(out_dir: str, stats: dict) -> str:
     lines += [
         f"- Downloaded by paircurate {stats.get('versions', {}).get('paircurate', '?')} between {stats.get('started', '?')} and "
         f"{stats.get('finished', '?')} (UTC), User-Agent `{dl.get('user_agent', '?')}`.",
-        f"- Politeness: at most {dl.get('per_domain_concurrency')} requests in flight per host per worker, "
+        f"- Politeness: at most {dl.get('per_domain_concurrency')} requests in flight per host per worker"
+        f"{' (adaptive: starting lower and growing only while the host keeps up)' if dl.get('adaptive_concurrency') else ''}, "
         f"{dl.get('per_domain_rps') or 'no'} requests/s limit per host, Retry-After honoured up to {dl.get('retry_after_max')} s, "
         f"{dl.get('retries')} retries per URL within a {dl.get('deadline')} s deadline.",
         f"- Opt-out: X-Robots-Tag values {', '.join(dl.get('opt_out_tags', [])) or '(none)'} honoured; "
