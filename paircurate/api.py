@@ -29,7 +29,7 @@ from paircurate.pipeline.spool import SPOOL_DIR
 from paircurate.pipeline.stats import build_funnel, package_versions, read_shard_stats
 from paircurate.pipeline.write import completed_shards, shard_name
 from paircurate.release import finish_folder, utc
-from paircurate.retry import finish_retry, prepare_retry
+from paircurate.retry import check_retry_folder, finish_retry, prepare_retry
 from paircurate.runners import (
     make_runner,
     plan_passes,
@@ -71,6 +71,7 @@ def run(cfg: PipelineConfig, overwrite: bool = False) -> RunSummary:
     started = time.time()
     files = plan_inputs(cfg.input)  # checked before anything in the output folder is touched
     out_dir = cfg.output.path
+    check_retry_folder(out_dir, cfg, overwrite)
     _prepare_output(out_dir, files, cfg, overwrite)
     work = plan_work(out_dir, files, cfg.output.shard_size)
     if work.done:

@@ -66,6 +66,16 @@ class RetryPlan:
         )
 
 
+def check_retry_folder(out_dir: str, cfg, overwrite: bool) -> None:
+    """Before the output folder is touched: --retry-failed needs a folder with a run in it."""
+    if not cfg.runner.retry_failed:
+        return
+    if overwrite:
+        raise ConfigError("--retry-failed retries into the existing output folder; it cannot be combined with --overwrite")
+    if not os.path.exists(os.path.join(out_dir, STATS_FILE)) and not os.path.exists(os.path.join(out_dir, RETRY_FILE)):
+        raise ConfigError(f"--retry-failed needs a finished run in {out_dir}, and there is none; run once without --retry-failed first")
+
+
 def prepare_retry(out_dir: str, files, cfg, work) -> RetryPlan | None:
     """The retry to run (None without ``--retry-failed``); ConfigError for a folder that cannot be retried."""
     path = os.path.join(out_dir, RETRY_FILE)

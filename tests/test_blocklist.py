@@ -352,3 +352,23 @@ def test_remove_refuses_what_it_cannot_do(listed_run, tmp_path, capsys):
     assert main(["remove", str(out), "--blocklist", bad, "-o", str(tmp_path / "v2")]) == 2
     assert capsys.readouterr().err.strip() == f"paircurate: error: blocklist {bad} line 1: md5 must be 32 hex digits, got 'xyz'"
     assert not (tmp_path / "v2").exists()
+
+
+def test_remove_keeps_clip_embeddings_aligned_with_the_samples(listed_run, tmp_path):
+    import numpy as np
+
+    from paircurate.embeddings.clip import TINY_MODEL
+
+    out, out2 = tmp_path / "out", tmp_path / "out-v2"
+    clip = ["--clip-model", TINY_MODEL, "--clip-pretrained", TINY_MODEL, "--device", "cpu", "--clip-threshold", "-1", "--no-dedup-semantic"]
+    assert run_cli(listed_run["inputs"], out, *clip) == 0
+    assert main(["remove", str(out), "--blocklist", listed_run["lists"][1], "-o", str(out2)]) == 0  # rows 4, 5, 6
+    for shard in ("00000", "00001"):
+        old_uids = pq.read_table(out / f"{shard}.parquet").column("uid").to_pylist()
+        new_uids = pq.read_table(out2 / f"{shard}.parquet").column("uid").to_pylist()
+        assert len(new_uids) < len(old_uids)
+        for suffix in ("img", "txt"):
+            old, new = np.load(out / f"{shard}.{suffix}.npy"), np.load(out2 / f"{shard}.{suffix}.npy")
+            assert new.shape == (len(new_uids), old.shape[1])
+            assert np.array_equal(new, old[[old_uids.index(u) for u in new_uids]])
+    assert file_digests(out)["00002.img.npy"] == file_digests(out2)["00002.img.npy"]

@@ -117,6 +117,7 @@ def test_retry_reasons_choose_what_is_retried(flaky_input, tmp_path, capsys):
     s, out = flaky_input["server"], tmp_path / "out"
     assert run_cli(flaky_input["inputs"], out, "--retry-failed") == 2
     assert "--retry-failed needs a finished run" in capsys.readouterr().err
+    assert not out.exists() and s.requests() == []
     assert run_cli(flaky_input["inputs"], out) == 0
     assert run_cli(flaky_input["inputs"], out, "--retry-failed", "--retry-reasons", "http_404,redirect_loop") == 0
     assert s.hits("/fault/404") == 2 and s.hits("/fault/redirect-loop") == 2 and s.hits("/fault/flaky/1/f8") == 1
