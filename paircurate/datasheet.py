@@ -170,7 +170,7 @@ def build_datasheet(out_dir: str, stats: dict) -> str:
         lines.append(
             f"- CLIP: open_clip {clip.get('model')} / {clip.get('pretrained')}, threshold {stats.get('clip_threshold', clip.get('threshold'))}"
             f"{', top ' + str(clip.get('top_percent')) + ' %' if clip.get('top_percent') else ''}"
-            f"{', weights SHA-256 ' + stats['clip_weights_sha256'] if stats.get('clip_weights_sha256') else ''}."
+            f"{', weights SHA-256 ' + stats['clip_weights_sha256'] if stats.get('clip_weights_sha256') else ' (weights checksum unknown: not a local file)'}."
         )
     else:
         lines.append("- CLIP scoring: off.")

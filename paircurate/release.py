@@ -34,6 +34,18 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def clip_weights_file(clip: dict) -> str | None:
+    """The checkpoint file CLIP scoring loaded, when it is one on disk (the bundled model, or a path); else None."""
+    if not clip.get("enabled"):
+        return None
+    pretrained = clip.get("pretrained") or ""
+    from paircurate.embeddings.clip import TINY_CHECKPOINT_PATH, TINY_MODEL  # CLIP ran: torch is loaded already
+
+    if pretrained == TINY_MODEL:
+        return str(TINY_CHECKPOINT_PATH)
+    return pretrained if os.path.isfile(pretrained) else None
+
+
 def read_history(out_dir: str) -> dict:
     path = os.path.join(out_dir, HISTORY_FILE)
     if not os.path.exists(path):
@@ -63,6 +75,9 @@ def finish_folder(out_dir: str, stats: dict, report: bool = True, blocklist_entr
     for item in stats.get("inputs", []):
         if "sha256" not in item and os.path.isfile(item["path"]):
             item["sha256"] = file_sha256(item["path"])
+    weights = clip_weights_file(stats.get("config", {}).get("clip") or {})
+    if weights is not None and "clip_weights_sha256" not in stats:
+        stats["clip_weights_sha256"] = file_sha256(weights)
     stats["hosts"] = host_stats(out_dir)
     lists = list((stats.get("config", {}).get("blocklist") or {}).get("paths", []))
     counts = blocklist_counts(out_dir, lists)

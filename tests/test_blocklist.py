@@ -372,3 +372,8 @@ def test_remove_keeps_clip_embeddings_aligned_with_the_samples(listed_run, tmp_p
             assert new.shape == (len(new_uids), old.shape[1])
             assert np.array_equal(new, old[[old_uids.index(u) for u in new_uids]])
     assert file_digests(out)["00002.img.npy"] == file_digests(out2)["00002.img.npy"]
+    # The datasheet names the weights by checksum.
+    from paircurate.embeddings.clip import TINY_CHECKPOINT_PATH
+
+    weights = hashlib.sha256(TINY_CHECKPOINT_PATH.read_bytes()).hexdigest()
+    assert f"CLIP: open_clip {TINY_MODEL} / {TINY_MODEL}, threshold -1.0, weights SHA-256 {weights}." in (out2 / "datasheet.md").read_text()
