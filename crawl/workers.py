@@ -31,6 +31,7 @@ pool, and only a record that kills a child again is rejected, as
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import logging
 import multiprocessing
@@ -88,6 +89,7 @@ def fetch_and_prepare(record: dict, download_cfg: DownloadConfig, image_cfg: Ima
             R.ORIGINAL_WIDTH: image.original_width,
             R.ORIGINAL_HEIGHT: image.original_height,
             R.SHA256: image.sha256,
+            R.MD5: hashlib.md5(fetched.data, usedforsecurity=False).hexdigest(),
             R.BYTE_SIZE: len(image.data),
             R.CONTENT_TYPE: fetched.content_type,
             R.HTTP_STATUS: fetched.status,

@@ -15,9 +15,11 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from typing import Mapping
 
 import apache_beam as beam
 
+from paircurate.filters.blocklist import load_blocklists
 from paircurate.filters.similarity import combined_threshold, resolve_threshold
 from paircurate.pipeline.graph import build_graph
 from paircurate.pipeline.progress import PROGRESS_DIR, ProgressMonitor
@@ -26,6 +28,8 @@ from paircurate.pipeline.score import CUTOFF_FILE
 from paircurate.pipeline.spool import SPOOL_DIR
 from paircurate.pipeline.stats import build_funnel, package_versions, read_shard_stats
 from paircurate.pipeline.write import completed_shards, shard_name
+from paircurate.release import finish_folder, utc
+from paircurate.retry import check_retry_folder, finish_retry, prepare_retry
 from paircurate.runners import (
     make_runner,
     plan_passes,
@@ -63,23 +67,26 @@ class WorkPlan:
 def run(cfg: PipelineConfig, overwrite: bool = False) -> RunSummary:
     _refuse_in_worker_import()
     cfg.validate_for_run()
+    blocklists = load_blocklists(cfg.blocklist.paths)  # a bad list stops the run here, naming file and line
     started = time.time()
     files = plan_inputs(cfg.input)  # checked before anything in the output folder is touched
     out_dir = cfg.output.path
+    check_retry_folder(out_dir, cfg, overwrite)
     _prepare_output(out_dir, files, cfg, overwrite)
     work = plan_work(out_dir, files, cfg.output.shard_size)
     if work.done:
         log.info("resuming: %d of %d shards already complete in %s", len(work.done), work.num_shards, out_dir)
-    if work.pending_rows:
+    retry = prepare_retry(out_dir, files, cfg, work)  # --retry-failed: the rows to re-attempt, and their new shards
+    if retry is not None:
+        if retry.rows:
+            cfg = _run_passes(cfg, files, work, retry_rows=retry.rows)
+        finish_retry(out_dir, retry)
+    elif work.pending_rows:
         cfg = _run_passes(cfg, files, work)
     shutil.rmtree(os.path.join(out_dir, SPOOL_DIR), ignore_errors=True)
-    stats = _write_run_stats(out_dir, cfg, files, work, started)
-    if cfg.runner.report:
-        from paircurate.report import (
-            write_report,  # matplotlib only when a report is wanted
-        )
-
-        write_report(out_dir)
+    stats = _run_stats(out_dir, cfg, files, work, started)
+    # stats.json, report.html, datasheet.md and shardindex.json, from the folder as it now is
+    finish_folder(out_dir, stats, report=cfg.runner.report, blocklist_entries=blocklists.entry_counts)
     return RunSummary(output=out_dir, stats=stats)
 
 
@@ -91,12 +98,18 @@ def plan_work(out_dir: str, files: list[InputFile], shard_size: int) -> WorkPlan
     return WorkPlan(input_rows, num_shards, done, pending_rows)
 
 
-def _run_passes(cfg: PipelineConfig, files: list[InputFile], work: WorkPlan) -> PipelineConfig:
-    """Run the pipeline over the pending shards, one pass after another; returns the config as resolved for the runner."""
+def _run_passes(cfg: PipelineConfig, files: list[InputFile], work: WorkPlan, retry_rows: Mapping[int, int] | None = None) -> PipelineConfig:
+    """Run the pipeline over the pending shards, one pass after another; returns the config as resolved for the runner.
+
+    ``retry_rows`` ({global input row: new shard}, from ``--retry-failed``):
+    read only those rows, into those shards, instead of the pending shards.
+    """
     out_dir = cfg.output.path
     runner, options = make_runner(cfg.runner.beam_args)
     cfg = resolve_download_processes(cfg, runner, options)
-    passes = plan_passes(work.pending_shards, cfg, runner)
+    pending = work.pending_shards if retry_rows is None else sorted(set(retry_rows.values()) - work.done)
+    total = work.pending_rows if retry_rows is None else sum(1 for s in retry_rows.values() if s not in work.done)
+    passes = plan_passes(pending, cfg, runner)
     if len(passes) > 1 and cfg.clip.enabled and cfg.clip.top_percent is not None:
         raise ConfigError(
             f"--clip-top-percent needs the whole input in one pass, and this run takes {len(passes)} passes "
@@ -105,14 +118,15 @@ def _run_passes(cfg: PipelineConfig, files: list[InputFile], work: WorkPlan) -> 
         )
     all_shards = frozenset(range(work.num_shards))
     progress_dir = os.path.join(out_dir, PROGRESS_DIR)
-    with ProgressMonitor(progress_dir, total=work.pending_rows, enabled=cfg.runner.progress):
+    with ProgressMonitor(progress_dir, total=total, enabled=cfg.runner.progress):
         for number, shards in enumerate(passes, start=1):
             if len(passes) > 1:
                 log.info("pass %d of %d: shards %d to %d", number, len(passes), shards[0], shards[-1])
             # Shards written by earlier passes (or the run being resumed) are dedup's pinned keepers.
             written = tuple(os.path.join(out_dir, f"{shard_name(s)}.parquet") for s in sorted(completed_shards(out_dir)))
+            rows = None if retry_rows is None else {g: s for g, s in retry_rows.items() if s in set(shards)}
             pipeline = beam.Pipeline(runner=runner, options=options)
-            build_graph(pipeline, cfg, files, skip_shards=all_shards - set(shards), progress_dir=progress_dir, written_shards=written)
+            build_graph(pipeline, cfg, files, skip_shards=all_shards - set(shards), progress_dir=progress_dir, written_shards=written, rows=rows)
             pipeline.run().wait_until_finish()
     shutil.rmtree(progress_dir, ignore_errors=True)
     return cfg
@@ -163,23 +177,21 @@ def _clip_stats(cfg: PipelineConfig, out_dir: str) -> dict:
     return stats
 
 
-def _write_run_stats(out_dir: str, cfg: PipelineConfig, files: list[InputFile], work: WorkPlan, started: float) -> dict:
+def _run_stats(out_dir: str, cfg: PipelineConfig, files: list[InputFile], work: WorkPlan, started: float) -> dict:
     shard_stats = read_shard_stats(out_dir)
     stats = {
         "output": os.path.abspath(out_dir),
         "shards": len(shard_stats),
         "funnel": build_funnel(shard_stats, work.input_rows),
         "resumed_shards": sorted(work.done),
+        "started": utc(started),
+        "finished": utc(time.time()),
         "wall_seconds": round(time.time() - started, 3),
         "inputs": [{"path": f.path, "format": f.format, "rows": f.num_rows} for f in files],
         "config": cfg.to_dict(),
         "versions": package_versions(),
         **_clip_stats(cfg, out_dir),
     }
-    tmp = os.path.join(out_dir, f".{STATS_FILE}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(stats, fh, indent=2, sort_keys=True)
-    os.replace(tmp, os.path.join(out_dir, STATS_FILE))
     return stats
 
 

@@ -80,6 +80,9 @@ _RUN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--dedup-against", "dedup.dedup_against", dict(help="output folder of an earlier run: also drop samples it already holds")),
     ("--decontaminate-against", "dedup.decontaminate_against", dict(help="folder or Parquet of evaluation images to remove (eval_contamination)")),
     ("--shard-size", "output.shard_size", dict(type=int, help="input rows per shard (default: 10000)")),
+    ("--blocklist", "blocklist.paths", dict(nargs="+", metavar="FILE", help="text or Parquet lists of url:/prefix:/domain:/sha256:/md5:/phash: entries; matching rows are rejected as blocklisted (URL entries before any request)")),
+    ("--retry-failed", "runner.retry_failed", dict(action="store_const", const=True, help="re-attempt only the rows of the existing OUT rejected for a --retry-reasons reason; recovered rows become new shards")),
+    ("--retry-reasons", "runner.retry_reasons", dict(metavar="REASONS", help="comma-separated reason codes --retry-failed re-attempts (default: timeout,connection_error,http_5xx,http_429)")),
     ("--rows-per-pass", "runner.rows_per_pass", dict(type=int, help="input rows per pass of the pipeline, in whole shards; bounds memory on one machine (default 0: 500,000 on the in-process runner, one pass elsewhere)")),
 ]
 
@@ -167,6 +170,15 @@ def _cmd_report(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
+def _cmd_remove(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from paircurate.remove import remove_blocklisted
+
+    entry = remove_blocklisted(args.output_dir, args.blocklist, args.output)
+    per_list = ", ".join(f"{name}: {n}" for name, n in entry["by_list"].items()) or "no matches"
+    print(f"paircurate remove: {entry['rows']} samples removed ({per_list}); new version in {args.output}")
+    return 0
+
+
 def _cmd_verify_train(args: argparse.Namespace, beam_args: list[str]) -> int:
     from paircurate.verify_train import verify_train
 
@@ -215,6 +227,18 @@ def make_parser() -> argparse.ArgumentParser:
     report_p.add_argument("output_dir", metavar="OUT", help="output folder of a run")
     report_p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     report_p.set_defaults(handler=_cmd_report)
+
+    remove_p = sub.add_parser(
+        "remove",
+        help="write a new version of a finished output without the samples a blocklist names",
+        description="Shards holding a match are rewritten without it (the rows join rejected/ as blocklisted); "
+        "every other file is carried over byte for byte; stats.json, report.html, datasheet.md and shardindex.json are recomputed.",
+    )
+    remove_p.add_argument("output_dir", metavar="OUT", help="output folder of a finished run (left unchanged)")
+    remove_p.add_argument("--blocklist", nargs="+", required=True, metavar="FILE", help="text or Parquet blocklists (see paircurate run --blocklist)")
+    remove_p.add_argument("-o", "--output", required=True, metavar="OUT2", help="new folder for the new version")
+    remove_p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    remove_p.set_defaults(handler=_cmd_remove)
 
     train_p = sub.add_parser(
         "verify-train",

@@ -89,6 +89,9 @@ def build_report(out_dir: str) -> str:
         parts += [_funnel_section(funnel), _reasons_section(funnel, by_reason)]
     else:
         parts.append("<p>No stats.json: the run did not finish, so there is no funnel.</p>")
+    parts.append(_hosts_section(stats.get("hosts")))
+    parts.append(_blocklist_section(stats.get("blocklists")))
+    parts.append(_history_section(stats))
     parts.append(_clip_section(ins.parquets, reject_scores, stats.get("clip_threshold")))
     parts.append(_size_section(ins.parquets))
     parts.append(_kept_grid(kept_head, thumbs))
@@ -344,3 +347,87 @@ def _reject_grids(by_reason: dict[str, list[dict]], thumbs: dict[str, str], keep
             + "</div>"
         )
     return "".join(out)
+
+
+def _hosts_section(hosts: dict | None) -> str:
+    """Top hosts by failures: a table, a stacked bar per host by failure class, and the plain diagnosis."""
+    if not hosts or not hosts.get("top_by_volume"):
+        return ""
+    from paircurate.pipeline.ledger import FAILURE_CLASSES
+
+    classes = [c for c in FAILURE_CLASSES if hosts["failures_by_class"].get(c)]
+    diagnosis = "".join(f"<li>{_e(line)}</li>" for line in hosts.get("diagnosis", []))
+    parts = [
+        "<h2>Hosts</h2>",
+        f'<p>{hosts["hosts"]} hosts, {hosts["attempts"]} rows sent to them, {hosts["failed"]} failed to download.</p>',
+        f'<ul id="host-diagnosis">{diagnosis}</ul>' if diagnosis else "",
+    ]
+    for title, key in (("by failures", "top_by_failures"), ("by volume", "top_by_volume")):
+        rows = hosts.get(key) or []
+        if not rows:
+            continue
+        head = "".join(f'<th class="num">{_e(c)}</th>' for c in classes)
+        body = "".join(
+            f'<tr><td>{_e(r["host"])}</td><td class="num">{r["attempts"]}</td><td class="num">{r["kept"]}</td>'
+            f'<td class="num host-failed" data-host="{_e(r["host"])}">{r["failed"]}</td><td class="num">{r["filtered"]}</td>'
+            + "".join(f'<td class="num">{r["failures"].get(c, 0)}</td>' for c in classes)
+            + "</tr>"
+            for r in rows
+        )
+        parts.append(
+            f'<h3>Top hosts {title}</h3><table id="hosts-{key}"><tr><th>host</th><th class="num">attempts</th><th class="num">kept</th>'
+            f'<th class="num">failed</th><th class="num">filtered</th>{head}</tr>{body}</table>'
+        )
+    worst = (hosts.get("top_by_failures") or [])[:10]
+    if worst and classes:
+
+        def draw(ax):
+            left = np.zeros(len(worst))
+            names = [r["host"] for r in worst][::-1]
+            for c in classes:
+                values = np.array([r["failures"].get(c, 0) for r in worst][::-1], dtype=float)
+                if values.any():
+                    ax.barh(names, values, left=left[: len(values)], label=c)
+                    left = left + values
+            ax.set_xlabel("failed rows")
+            ax.set_title("failures of the top hosts, by class")
+            ax.legend(fontsize=7)
+
+        parts.append(_plot(draw))
+    return "".join(parts)
+
+
+def _blocklist_section(blocklists: dict | None) -> str:
+    """Counts per list only: the rows a blocklist removed are never shown."""
+    if not blocklists:
+        return ""
+    rows = "".join(
+        f'<tr><td>{_e(name)}</td><td class="num">{sum((facts.get("entries") or {}).values()) if facts.get("entries") else ""}</td>'
+        f'<td class="num blocklist-rows" data-list="{_e(name)}">{facts.get("rows", 0)}</td>'
+        f'<td>{_e(", ".join(f"{k} {v}" for k, v in facts.get("by_kind", {}).items()))}</td></tr>'
+        for name, facts in blocklists.items()
+    )
+    return (
+        '<h2>Blocklists</h2><p>Rows removed per list. The removed rows\' URLs and images are not part of the output.</p>'
+        '<table id="blocklists"><tr><th>list</th><th class="num">entries</th><th class="num">rows removed</th><th>by entry kind</th></tr>'
+        + rows + "</table>"
+    )
+
+
+def _history_section(stats: dict) -> str:
+    retries, removals = stats.get("retries") or [], stats.get("removals") or []
+    if not retries and not removals:
+        return ""
+    rows = "".join(
+        f'<tr><td>retry</td><td>{_e(r.get("started"))}</td><td class="num">{r.get("retried")}</td>'
+        f'<td class="num retry-recovered">{r.get("recovered")}</td><td>{_e(", ".join(r.get("reasons", [])))}</td></tr>'
+        for r in retries
+    ) + "".join(
+        f'<tr><td>remove</td><td>{_e(r.get("when"))}</td><td class="num">{r.get("rows")}</td><td></td>'
+        f'<td>{_e(", ".join(r.get("lists", [])))}</td></tr>'
+        for r in removals
+    )
+    return (
+        '<h2>Retries and removals</h2><table id="history"><tr><th>what</th><th>when (UTC)</th><th class="num">rows</th>'
+        '<th class="num">recovered</th><th>reasons / lists</th></tr>' + rows + "</table>"
+    )

@@ -1,6 +1,6 @@
 """The pipeline graph: the only place that orders the stages.
 
-    read -> captions -> download (+decode/resize) -> [clip score] -> spool samples -> write shards
+    read -> captions -> [blocklist urls] -> download (+decode/resize) -> [blocklist hashes] -> [clip score] -> spool samples -> write shards
        \________\______________\___________________\___ rejects ______________/      /
                                                       \__ dedup -> removals ______/
 
@@ -12,7 +12,10 @@ and names the ones to remove; the shard writer turns those into reject rows.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import apache_beam as beam
+from paircurate.pipeline.blocklist import AFTER_DOWNLOAD, BEFORE_DOWNLOAD, RejectBlocklisted
 from paircurate.pipeline.captions import CleanCaptions
 from paircurate.pipeline.dedup import FindDuplicates
 from paircurate.pipeline.download import DownloadImages
@@ -29,17 +32,32 @@ def build_graph(
     skip_shards: frozenset[int] = frozenset(),
     progress_dir: str | None = None,
     written_shards: tuple[str, ...] = (),
+    rows: Mapping[int, int] | None = None,
 ) -> beam.PCollection:
     """Add the whole curation graph to ``p``; returns the per-shard stats PCollection.
 
     ``skip_shards`` are not read at all; ``written_shards`` (Parquet paths of
     shards already in the output folder) are dedup's pinned keepers.
+    ``rows`` ({global input row: shard}) reads only those rows, into those
+    shards: what ``--retry-failed`` re-attempts.
     """
-    pairs = p | "Read" >> ReadPairs(files, cfg.input, cfg.output.shard_size, skip_shards)
+    pairs = p | "Read" >> ReadPairs(files, cfg.input, cfg.output.shard_size, skip_shards, rows)
     captions = pairs.kept | "Captions" >> CleanCaptions(cfg.caption)
-    images = captions.kept | "Download" >> DownloadImages(cfg.download, cfg.image, progress_dir, with_phash=cfg.dedup.perceptual)
+    to_fetch = captions.kept
+    rejected = [pairs.rejected, captions.rejected]
+    lists = cfg.blocklist.paths
+    if lists:  # url/prefix/domain entries: never requested
+        screened = to_fetch | "BlocklistUrls" >> RejectBlocklisted(lists, BEFORE_DOWNLOAD)
+        to_fetch = screened.kept
+        rejected.append(screened.rejected)
+    with_phash = cfg.dedup.perceptual or bool(lists)
+    images = to_fetch | "Download" >> DownloadImages(cfg.download, cfg.image, progress_dir, with_phash=with_phash)
     kept = images.kept
-    rejected = [pairs.rejected, captions.rejected, images.rejected]
+    rejected.append(images.rejected)
+    if lists:  # sha256/md5/phash entries: matched once the bytes are here
+        screened = kept | "BlocklistImages" >> RejectBlocklisted(lists, AFTER_DOWNLOAD)
+        kept = screened.kept
+        rejected.append(screened.rejected)
 
     if cfg.clip.enabled:
         from paircurate.pipeline.score import (

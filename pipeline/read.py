@@ -14,7 +14,7 @@ import itertools
 import json
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import apache_beam as beam
 import pyarrow as pa
@@ -205,25 +205,39 @@ def _as_text(value: object) -> str | None:
 
 
 class _ReadInputFileFn(beam.DoFn):
-    def __init__(self, cfg: InputConfig, shard_size: int, skip_shards: frozenset[int]) -> None:
+    def __init__(self, cfg: InputConfig, shard_size: int, skip_shards: frozenset[int], rows: Mapping[int, int] | None = None) -> None:
         self._cfg = cfg
         self._shard_size = shard_size
         self._skip = skip_shards
+        self._rows = rows
 
     def setup(self) -> None:
         self._counters = StageCounters(Stage.READ)
 
-    def process(self, infile: InputFile):
-        size = self._shard_size
-        last_row = infile.first_row + infile.num_rows - 1
-        wanted = [s for s in range(infile.first_row // size, last_row // size + 1) if s not in self._skip]
+    def _span(self, infile: InputFile):
+        """(start, stop, shard of local row i or None to skip it) of the rows this run reads from ``infile``."""
+        first, size = infile.first_row, self._shard_size
+        if self._rows is not None:  # only the rows named, each into the shard named (a retry)
+            mine = sorted(g for g in self._rows if first <= g < first + infile.num_rows)
+            if not mine:
+                return None
+            return mine[0] - first, mine[-1] - first + 1, lambda i: self._rows.get(first + i)
+        last_row = first + infile.num_rows - 1
+        wanted = [s for s in range(first // size, last_row // size + 1) if s not in self._skip]
         if not infile.num_rows or not wanted:
+            return None
+        start = max(wanted[0] * size - first, 0)
+        stop = min((wanted[-1] + 1) * size - first, infile.num_rows)
+        return start, stop, lambda i: None if (first + i) // size in self._skip else (first + i) // size
+
+    def process(self, infile: InputFile):
+        span = self._span(infile)
+        if span is None:
             return
-        start = max(wanted[0] * size - infile.first_row, 0)
-        stop = min((wanted[-1] + 1) * size - infile.first_row, infile.num_rows)
+        start, stop, shard_of = span
         for i, row in enumerate(iter_rows(infile.path, infile.format, self._cfg, start, stop), start=start):
-            shard = (infile.first_row + i) // size
-            if shard in self._skip:
+            shard = shard_of(i)
+            if shard is None:
                 continue
             url = row[R.URL]
             record = {
@@ -273,18 +287,21 @@ class ReadPairs(beam.PTransform):
         >>> pairs, rejected = p | ReadPairs(files, cfg.input, shard_size=10_000)
     """
 
-    def __init__(self, files: list[InputFile], cfg: InputConfig, shard_size: int, skip_shards: frozenset[int] = frozenset()) -> None:
+    def __init__(
+        self, files: list[InputFile], cfg: InputConfig, shard_size: int, skip_shards: frozenset[int] = frozenset(), rows: Mapping[int, int] | None = None
+    ) -> None:
         super().__init__()
         self._files = files
         self._cfg = cfg
         self._shard_size = shard_size
         self._skip = skip_shards
+        self._rows = rows  # {global row: shard}: read only these (a retry); None: every row not in skip_shards
 
     def expand(self, pbegin) -> StageOutputs:
         rows = (
             pbegin
             | "ListFiles" >> beam.Create(self._files)
-            | "ReadFile" >> beam.ParDo(_ReadInputFileFn(self._cfg, self._shard_size, self._skip)).with_outputs(REJECTED, main="rows")
+            | "ReadFile" >> beam.ParDo(_ReadInputFileFn(self._cfg, self._shard_size, self._skip, self._rows)).with_outputs(REJECTED, main="rows")
         )
         # Grouping by uid both drops repeated rows (they would collide as tar
         # keys) and spreads the rows of one big file across workers.

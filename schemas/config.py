@@ -16,9 +16,16 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from paircurate.schemas.outcomes import Reason
+
 RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop")
 ENCODE_FORMATS = ("jpg", "png", "webp")
 INPUT_FORMATS = ("auto", "parquet", "csv", "tsv", "jsonl", "txt")
+# Download failures that may go away on their own: what --retry-failed re-attempts by default.
+# host_unavailable is issue 14's dead-host cutoff; it joins the list once that code exists.
+DEFAULT_RETRY_REASONS = tuple(
+    code for code in ("timeout", "connection_error", "http_5xx", "http_429", "host_unavailable") if code in {r.value for r in Reason}
+)
 DEFAULT_USER_AGENT = "paircurate/0.1 (+https://github.com/paircurate/paircurate; dataset curation crawler)"
 
 
@@ -178,9 +185,24 @@ class RunnerConfig:
     # on the in-process runner, which holds a pass's shuffles in memory; one
     # pass on other runners.
     rows_per_pass: int = 0
+    # Re-attempt the rows of an existing output folder rejected for one of
+    # retry_reasons (see README "Retrying what failed"), instead of a new run.
+    retry_failed: bool = False
+    retry_reasons: tuple[str, ...] = DEFAULT_RETRY_REASONS
 
     def __post_init__(self) -> None:
         check(self.rows_per_pass >= 0, "runner.rows_per_pass must be >= 0 (0 = automatic)")
+        known = {r.value for r in Reason}
+        unknown = [r for r in self.retry_reasons if r not in known]
+        check(not unknown, f"runner.retry_reasons: unknown reason code(s) {unknown}; reason codes are listed in the README")
+        check(bool(self.retry_reasons), "runner.retry_reasons must name at least one reason code")
+
+
+@dataclass(frozen=True)
+class BlocklistConfig:
+    # Text or Parquet lists of url/prefix/domain/sha256/md5/phash entries
+    # (filters/blocklist.py); matching rows are rejected as ``blocklisted``.
+    paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -193,6 +215,7 @@ class PipelineConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
+    blocklist: BlocklistConfig = field(default_factory=BlocklistConfig)
 
     def validate_for_run(self) -> None:
         check(bool(self.input.paths), "no input: give one or more files or globs (input.paths)")

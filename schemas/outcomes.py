@@ -44,6 +44,8 @@ class Reason(str, enum.Enum):
     REDIRECT_LOOP = "redirect_loop"
     BLOCKED_ADDRESS = "blocked_address"
     OPTED_OUT = "opted_out"
+    # download (url/prefix/domain entries, nothing fetched) or image (sha256/md5/phash entries)
+    BLOCKLISTED = "blocklisted"
     # image
     DECODE_ERROR = "decode_error"
     DECOMPRESSION_BOMB = "decompression_bomb"

@@ -38,6 +38,7 @@ HEIGHT = "height"
 ORIGINAL_WIDTH = "original_width"
 ORIGINAL_HEIGHT = "original_height"
 SHA256 = "sha256"
+MD5 = "md5"  # of the bytes as downloaded, like sha256: what blocklists of MD5s match
 BYTE_SIZE = "byte_size"
 CONTENT_TYPE = "content_type"
 HTTP_STATUS = "http_status"
@@ -53,6 +54,7 @@ REASON = "reason"
 DETAIL = "detail"
 DUPLICATE_OF = "duplicate_of"
 SIMILARITY = "similarity"
+ATTEMPTS = "attempts"  # runs that tried this row; null means 1 (it was never retried)
 
 # Fields every record carries from ingest on.
 PAIR_FIELDS: list[pa.Field] = [
@@ -71,6 +73,7 @@ _IMAGE_FIELDS: list[pa.Field] = [
     pa.field(ORIGINAL_WIDTH, pa.int32()),
     pa.field(ORIGINAL_HEIGHT, pa.int32()),
     pa.field(SHA256, pa.string()),
+    pa.field(MD5, pa.string()),
     pa.field(BYTE_SIZE, pa.int64()),
     pa.field(CONTENT_TYPE, pa.string()),
     pa.field(HTTP_STATUS, pa.int32()),
@@ -117,6 +120,7 @@ def reject_schema(save_cols: Sequence[str] = ()) -> pa.Schema:
         pa.field(CLIP_SCORE, pa.float32()),
         pa.field(DUPLICATE_OF, pa.string()),
         pa.field(SIMILARITY, pa.float32()),
+        pa.field(ATTEMPTS, pa.int32()),
     ] + [pa.field(c, pa.string()) for c in save_cols]
     return _with_version(pa.schema(fields))
 

@@ -142,7 +142,7 @@ def test_report_is_self_contained_and_matches_stats(curated):
     thumbs = [s for s in images if s.startswith("data:image/jpeg;base64,")]
     plots = [s for s in images if s.startswith("data:image/png;base64,")]
     assert len(thumbs) >= min(funnel["kept"], 24)
-    assert len(plots) == 4  # funnel, clip histogram, sizes, aspect ratios
+    assert len(plots) == 5  # funnel, host failures, clip histogram, sizes, aspect ratios
     assert "low_clip_score" in page and f'id="clip-threshold">{stats["clip_threshold"]}<' in page
 
     # Duplicates show the kept sample they copy, with its picture.

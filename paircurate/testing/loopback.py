@@ -19,7 +19,7 @@ Fault routes (query parameters in brackets):
 =====================================  =============================================================
 ``/fault/404``, ``/fault/500``         that status, small text body
 ``/fault/status/<code>``               any status, small text body
-``/fault/flaky/<n>/<id>``              500 for the first n requests of ``id``, then a PNG
+``/fault/flaky/<n>/<id>`` [then]       500 for the first n requests of ``id``, then a PNG (or static route ``then``)
 ``/fault/slow`` [seconds=1]            sleeps, then a PNG
 ``/fault/drip`` [interval=0.5]         declares 1 MB of image/jpeg, sends one byte per interval, forever
 ``/fault/reset``                       headers + 1000 of 100000 bytes, then a TCP reset (SO_LINGER 0)
@@ -265,8 +265,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _fault_flaky(self, args: list[str], q: dict[str, str]) -> bool:
         if len(args) != 2 or not args[0].isdigit():
             return False
-        if self.server.owner._bump(("flaky", args[1])) <= int(args[0]):
+        owner = self.server.owner
+        if owner._bump(("flaky", args[1])) <= int(args[0]):
             self._send(500, b"flaky failure\n", "text/plain")
+        elif q.get("then") in owner._routes:  # then serve that static route: a distinct image per flaky URL
+            route = owner._routes[q["then"]]
+            self._send(route.status, route.body, route.content_type, route.headers)
         else:
             self._send(200, FAULT_IMAGE, "image/png")
         return True
