@@ -78,6 +78,16 @@ def read_rows(out, pattern: str) -> list[dict]:
     return [r for p in sorted(glob.glob(os.path.join(str(out), pattern))) for r in pq.read_table(p).to_pylist()]
 
 
+def ledger(out) -> dict[int, dict]:
+    """source_row -> the row's kept Parquet or reject row; asserts every row appears once."""
+    rows: dict[int, dict] = {}
+    for pattern in ("[0-9]*.parquet", "rejected/[0-9]*.parquet"):
+        for row in read_rows(out, pattern):
+            assert row["source_row"] not in rows, f"row {row['source_row']} appears twice"
+            rows[row["source_row"]] = row
+    return rows
+
+
 def read_output(out) -> dict:
     """A finished output folder: tar samples by key, kept metadata, rejects and stats.json."""
     samples = {}

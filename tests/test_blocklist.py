@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import glob
 import hashlib
 import io
 import json
@@ -12,16 +11,21 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import encode, ledger, photo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from helpers import encode, photo
+from paircurate.dedup.perceptual import phash
+from paircurate.filters.blocklist import (
+    BlocklistError,
+    BlocklistMatch,
+    load_blocklists,
+    parse_line,
+)
+from paircurate.imaging.prepare import prepare_image
+from paircurate.schemas.config import ImageConfig
 from PIL import Image
 
 from paircurate.cli import main
-from paircurate.filters.blocklist import BlocklistError, BlocklistMatch, load_blocklists, parse_line
-from paircurate.dedup.perceptual import phash
-from paircurate.imaging.prepare import prepare_image
-from paircurate.schemas.config import ImageConfig
 
 IMAGE_SIZE = 64
 
@@ -201,17 +205,6 @@ def run_cli(inputs: str, out, *extra) -> int:
     ])
 
 
-def ledger(out) -> dict[int, dict]:
-    """source_row -> the row's kept Parquet or reject row; every row once."""
-    rows: dict[int, dict] = {}
-    for pattern in ("[0-9]*.parquet", "rejected/[0-9]*.parquet"):
-        for path in sorted(glob.glob(os.path.join(out, pattern))):
-            for r in pq.read_table(path).to_pylist():
-                assert r["source_row"] not in rows, f"row {r['source_row']} appears twice"
-                rows[r["source_row"]] = r
-    return rows
-
-
 def test_listed_urls_are_never_requested_and_listed_images_never_stored(listed_run, tmp_path):
     s = listed_run["server"]
     out = tmp_path / "out"
@@ -356,7 +349,6 @@ def test_remove_refuses_what_it_cannot_do(listed_run, tmp_path, capsys):
 
 def test_remove_keeps_clip_embeddings_aligned_with_the_samples(listed_run, tmp_path):
     import numpy as np
-
     from paircurate.embeddings.clip import TINY_MODEL
 
     out, out2 = tmp_path / "out", tmp_path / "out-v2"

@@ -7,9 +7,8 @@ import glob
 import json
 import os
 
-import pyarrow.parquet as pq
 import pytest
-from helpers import encode, photo
+from helpers import encode, ledger, photo
 
 from paircurate.cli import main
 from paircurate.retry import RETRY_FILE
@@ -46,16 +45,6 @@ def flaky_input(loopback_server, tmp_path):
 
 def run_cli(inputs: str, out, *extra) -> int:
     return main(["run", inputs, "-o", str(out), "--image-size", "64", "--shard-size", "5", "--retries", "0", "--no-progress", "--allow-private-network", *extra])
-
-
-def ledger(out) -> dict[int, dict]:
-    rows: dict[int, dict] = {}
-    for pattern in ("[0-9]*.parquet", "rejected/[0-9]*.parquet"):
-        for path in sorted(glob.glob(os.path.join(out, pattern))):
-            for r in pq.read_table(path).to_pylist():
-                assert r["source_row"] not in rows, f"row {r['source_row']} appears twice"
-                rows[r["source_row"]] = r
-    return rows
 
 
 def stats_of(out) -> dict:
@@ -132,8 +121,9 @@ def test_an_interrupted_retry_is_finished_by_the_same_command(flaky_input, tmp_p
     assert run_cli(flaky_input["inputs"], out) == 0
     # What a retry killed after planning leaves behind: its plan, no finished shard of it yet.
     from paircurate.pipeline.read import plan_inputs
-    from paircurate.retry import plan_retry
     from paircurate.schemas.config import InputConfig
+
+    from paircurate.retry import plan_retry
 
     files = plan_inputs(InputConfig(paths=(flaky_input["inputs"],)))
     plan = plan_retry(str(out), files, ("http_5xx",), 5)
