@@ -30,7 +30,11 @@ _CAMERA_FILE = re.compile(
     r"^(?:img|dsc|dscn|dscf|sam|gopr|gp|mvimg|pxl|p|pano|vid|mov|cimg|imgp|dcp|dji|wp|photo|image)"
     r"[ _\-]?[0-9a-z_\-]*" + _IMAGE_EXT + "$"
 )
-_SCREENSHOT = re.compile(r"^(?:screenshot|screen shot)[\s_\-]*[\d\-_ .:apm(),at]*" + _IMAGE_EXT + "$")
+# One character class after the word, not two adjacent ones that share characters:
+# "[\s_-]*[\d_ -...]*" backtracks over every split of a run of dashes, O(n^2) per caption.
+# Every pattern here is a chain of single character classes (no nested or overlapping
+# quantifiers), so Python's backtracking engine runs each in linear time.
+_SCREENSHOT = re.compile(r"^(?:screenshot|screen shot)[\s\d_\-.:apm(),t]*" + _IMAGE_EXT + "$")
 _ANY_FILE_NAME = re.compile(r"^[\w\-. ()]+\.(?:jpe?g|png|gif|webp|heic|heif|tiff?|bmp|dng|cr2|nef|arw|raw|svg)$")
 _EDGE_PUNCT = " \t.,;:!?'\"()[]{}<>|-_*#"
 
@@ -95,6 +99,13 @@ def identify_language(caption: str) -> tuple[str, float]:
     """
     lang, prob = _language_identifier().classify(caption)
     return str(lang), float(prob)
+
+
+def check_caption_length(raw: object, cfg: CaptionConfig) -> Decision:
+    """``caption_too_long`` for a raw caption over ``cfg.max_caption_chars``, before any other caption work."""
+    if isinstance(raw, str) and len(raw) > cfg.max_caption_chars:
+        return Decision.reject(Reason.CAPTION_TOO_LONG, f"{len(raw)} chars > {cfg.max_caption_chars}")
+    return Decision.accept()
 
 
 def check_caption(caption: str, cfg: CaptionConfig) -> Decision:

@@ -35,6 +35,7 @@ _RUN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--caption-col", "input.caption_col", dict(help="input column holding the caption (default: caption)")),
     ("--save-cols", "input.save_cols", dict(help="comma-separated input columns to carry into the output metadata")),
     ("--input-format", "input.input_format", dict(choices=INPUT_FORMATS, help="input format (default: from the extension)")),
+    ("--max-caption-chars", "caption.max_caption_chars", dict(type=int, help="reject raw captions longer than this as caption_too_long, before any other caption work (default: 4000)")),
     ("--min-words", "caption.min_words", dict(type=int, help="reject captions with fewer words (default: 0)")),
     ("--min-chars", "caption.min_chars", dict(type=int, help="reject captions with fewer characters (default: 0)")),
     ("--english-only", "caption.english_only", dict(action="store_const", const=True, help="reject captions confidently identified as not English (non_english_caption)")),

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import apache_beam as beam
 from paircurate.embeddings.tokenizer import CaptionTokenizer
-from paircurate.filters.caption import check_caption, clean_caption
-from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs
+from paircurate.filters.caption import check_caption, check_caption_length, clean_caption
+from paircurate.pipeline.stage import REJECTED, IsolatedDoFn, StageCounters, StageOutputs
 from paircurate.schemas import records as R
 from paircurate.schemas.config import CaptionConfig
-from paircurate.schemas.outcomes import Reason, Stage
+from paircurate.schemas.outcomes import Stage
 
 
-class _CleanCaptionFn(beam.DoFn):
+class _CleanCaptionFn(IsolatedDoFn):
+    STAGE = Stage.CAPTION
+
     def __init__(self, cfg: CaptionConfig) -> None:
         self._cfg = cfg
 
@@ -19,17 +21,15 @@ class _CleanCaptionFn(beam.DoFn):
         self._counters = StageCounters(Stage.CAPTION)
         self._tokenizer = CaptionTokenizer(self._cfg.tokenizer) if self._cfg.tokenize else None
 
-    def process(self, record: dict):
-        try:
-            cleaned = clean_caption(record.get(R.CAPTION))
-            decision = check_caption(cleaned, self._cfg)
-        except Exception as exc:  # one odd caption must not stop the run
-            self._counters.rejected(Reason.INTERNAL_ERROR)
-            yield beam.pvalue.TaggedOutput(REJECTED, R.make_reject(record, Stage.CAPTION, Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
-            return
+    def process_record(self, record: dict):
+        raw = record.get(R.CAPTION)
+        # Length first: every later step (ftfy, regexes, language id) costs at least linear time.
+        decision = check_caption_length(raw, self._cfg)
         out = dict(record)
-        out[R.CAPTION_RAW] = record.get(R.CAPTION)
-        out[R.CAPTION] = cleaned
+        out[R.CAPTION_RAW] = raw
+        if decision.keep:
+            cleaned = out[R.CAPTION] = clean_caption(raw)
+            decision = check_caption(cleaned, self._cfg)
         if decision.keep:
             if self._tokenizer is not None:
                 out[R.CAPTION_TOKENS], out[R.CAPTION_TOKENS_TRUNCATED] = self._tokenizer.ids(cleaned, self._cfg.max_text_tokens)
@@ -41,7 +41,7 @@ class _CleanCaptionFn(beam.DoFn):
 
 
 class CleanCaptions(beam.PTransform):
-    """ftfy + HTML unescape + whitespace; ``caption_too_short`` / ``caption_too_few_words`` rejects."""
+    """ftfy + HTML unescape + whitespace; ``caption_too_long`` / ``caption_too_short`` / ``caption_too_few_words`` rejects."""
 
     def __init__(self, cfg: CaptionConfig) -> None:
         super().__init__()

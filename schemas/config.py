@@ -57,6 +57,7 @@ class InputConfig:
 
 @dataclass(frozen=True)
 class CaptionConfig:
+    max_caption_chars: int = 4000  # longer raw captions -> caption_too_long, before ftfy, regexes or language id
     min_words: int = 0
     min_chars: int = 0
     reject_boilerplate: bool = False  # "image", "IMG_1234.JPG", camera defaults -> boilerplate_caption
@@ -66,6 +67,7 @@ class CaptionConfig:
     max_text_tokens: int = 77  # token ids kept, start and end tokens included (DALL-E layout: 256)
 
     def __post_init__(self) -> None:
+        check(self.max_caption_chars >= 1, "caption.max_caption_chars must be >= 1")
         check(self.min_words >= 0 and self.min_chars >= 0, "caption.min_words and caption.min_chars must be >= 0")
         check(self.max_text_tokens >= 2, "caption.max_text_tokens must be >= 2 (start and end tokens)")
 

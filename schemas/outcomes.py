@@ -19,6 +19,7 @@ class Stage(str, enum.Enum):
     IMAGE = "image"
     CLIP = "clip"
     DEDUP = "dedup"
+    WRITE = "write"  # only internal_error: a sample that could not be written into its shard
 
 
 class Reason(str, enum.Enum):
@@ -26,6 +27,7 @@ class Reason(str, enum.Enum):
     INVALID_URL = "invalid_url"
     DUPLICATE_ROW = "duplicate_row"
     # caption
+    CAPTION_TOO_LONG = "caption_too_long"  # over --max-caption-chars, checked before any other caption work
     CAPTION_TOO_SHORT = "caption_too_short"
     CAPTION_TOO_FEW_WORDS = "caption_too_few_words"
     BOILERPLATE_CAPTION = "boilerplate_caption"  # "image", "IMG_1234.JPG", camera defaults
