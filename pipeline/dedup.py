@@ -30,10 +30,11 @@ import pyarrow.parquet as pq
 from paircurate.dedup.components import exact_pairs, resolve_duplicates
 from paircurate.dedup.perceptual import PhashIndex, pairs_within, phash, phash_bands
 from paircurate.imaging.prepare import prepare_image
+from paircurate.pipeline.stage import REJECTED, IsolatedDoFn, RowIsolation
 from paircurate.schemas import records as R
 from paircurate.schemas.config import DedupConfig, ImageConfig
 from paircurate.schemas.identity import normalize_url
-from paircurate.schemas.outcomes import Reason
+from paircurate.schemas.outcomes import Reason, Stage
 from PIL import Image
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,21 @@ def dedup_key(record: dict) -> dict:
         R.IMAGE_EMBEDDING: None if emb is None else np.asarray(emb, dtype=np.float32),
         PINNED: False,
     }
+
+
+def _removal_of_failed_key(reject: dict) -> dict:
+    """A sample dedup could not key leaves through the removals: the shard writer makes it a reject row."""
+    return {R.UID: reject[R.UID], R.SHARD: reject[R.SHARD], R.REASON: reject[R.REASON], R.DUPLICATE_OF: None, R.SIMILARITY: None, R.DETAIL: reject[R.DETAIL]}
+
+
+class _DedupKeyFn(IsolatedDoFn):
+    STAGE = Stage.DEDUP
+
+    def make_isolation(self) -> RowIsolation:
+        return RowIsolation(Stage.DEDUP, to_output=lambda row: beam.pvalue.TaggedOutput(REJECTED, _removal_of_failed_key(row)))
+
+    def process_record(self, record: dict):
+        yield dedup_key(record)
 
 
 def reference_shards(out_dir: str) -> list[str]:
@@ -245,7 +261,9 @@ class FindDuplicates(beam.PTransform):
         cfg = self._cfg
         if not (cfg.exact or cfg.perceptual or self._semantic or cfg.decontaminate_against):
             return samples.pipeline | "NoRemovals" >> beam.Create([])  # nothing would read the key records
-        keys = samples | "Keys" >> beam.Map(dedup_key)
+        keyed = samples | "Keys" >> beam.ParDo(_DedupKeyFn()).with_outputs(REJECTED, main="keys")
+        keys = keyed.keys
+        removals = [keyed[REJECTED]]
         pinned = (reference_shards(cfg.dedup_against) if cfg.dedup_against else []) + list(self._written)
         if pinned and (cfg.exact or cfg.perceptual or self._semantic):
             reference = (
@@ -254,7 +272,6 @@ class FindDuplicates(beam.PTransform):
                 | "EarlierRunKeys" >> beam.FlatMap(read_reference_keys)
             )
             keys = (keys, reference) | "WithEarlierRun" >> beam.Flatten()
-        removals = []
         if cfg.decontaminate_against:
             split = keys | "Decontaminate" >> beam.ParDo(_DecontaminateFn(cfg.decontaminate_against, cfg.phash_threshold, self._image_cfg)).with_outputs("removed", main="clean")
             keys = split.clean

@@ -11,7 +11,7 @@ import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 from paircurate.crawl.workers import FetchWorkers
 from paircurate.pipeline.progress import ProgressReporter
-from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs
+from paircurate.pipeline.stage import REJECTED, IsolatedDoFn, StageCounters, StageOutputs
 from paircurate.schemas import records as R
 from paircurate.schemas.config import DownloadConfig, ImageConfig
 from paircurate.schemas.outcomes import Stage
@@ -24,7 +24,9 @@ def _in_global_window(output):
     return GlobalWindows.windowed_value_at_end_of_window(output)  # where BatchElements puts its batches too
 
 
-class _FetchBatchFn(beam.DoFn):
+class _FetchBatchFn(IsolatedDoFn):
+    STAGE = Stage.DOWNLOAD
+
     def __init__(self, download_cfg: DownloadConfig, image_cfg: ImageConfig, progress_dir: str | None, with_phash: bool) -> None:
         self._download_cfg = download_cfg
         self._image_cfg = image_cfg
@@ -38,26 +40,38 @@ class _FetchBatchFn(beam.DoFn):
         self._progress = ProgressReporter(self._progress_dir)
 
     def start_bundle(self) -> None:
-        self._in_flight = None
+        self._in_flight = None  # (batch, future of its results)
 
     def process(self, batch: list[dict]):
         # One batch stays in flight: the workers download it while this
         # thread passes the previous batch's results downstream and the
         # runner assembles the next batch.
-        pending = self._workers.submit(batch)
+        submitted = self.isolate(batch, self._submit, batch)
         if self._in_flight is not None:
-            yield from self._emit(self._in_flight.result())
-        self._in_flight = pending
+            yield from self._finish(*self._in_flight)
+            self._in_flight = None
+        if submitted and not isinstance(submitted[0], beam.pvalue.TaggedOutput):
+            self._in_flight = (batch, submitted[0])
+        else:
+            yield from submitted  # the batch could not even be handed to the workers
 
     def finish_bundle(self):
         if self._in_flight is not None:
-            results, self._in_flight = self._in_flight.result(), None
-            for output in self._emit(results):
+            in_flight, self._in_flight = self._in_flight, None
+            for output in self._finish(*in_flight):
                 yield _in_global_window(output)
         self._progress.flush()
 
-    def _emit(self, results: list[dict]):
-        for result in results:
+    def _submit(self, batch: list[dict]):
+        yield self._workers.submit(batch)
+
+    def _finish(self, batch: list[dict], pending) -> list:
+        # Isolated with the batch it belongs to: a failure while collecting
+        # results rejects that batch's records, not the one being submitted.
+        return self.isolate(batch, self._emit, pending)
+
+    def _emit(self, pending):
+        for result in pending.result():
             self._progress.add(1)
             if R.REASON in result:
                 (self._download if result[R.STAGE] == Stage.DOWNLOAD.value else self._image).rejected(result[R.REASON])

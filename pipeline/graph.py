@@ -71,6 +71,7 @@ def build_graph(
     # Two branches of the same fused stage: dedup takes a few key fields, the
     # spool parks whole samples on disk; only keys and pointers get shuffled.
     removals = kept | "Dedup" >> FindDuplicates(cfg.dedup, cfg.image, semantic=cfg.clip.enabled, written_shards=written_shards)
-    pointers = kept | "Spool" >> SpoolSamples(cfg.output.path)
+    spooled = kept | "Spool" >> SpoolSamples(cfg.output.path)
+    rejected.append(spooled.rejected)
     all_rejected = rejected | "AllRejects" >> beam.Flatten()
-    return (pointers, all_rejected, removals) | "Write" >> WriteShards(cfg.output.path, cfg.input.save_cols)
+    return (spooled.kept, all_rejected, removals) | "Write" >> WriteShards(cfg.output.path, cfg.input.save_cols)

@@ -9,19 +9,25 @@ re-run can skip finished shards without reading them.
 
 from __future__ import annotations
 
+import bz2
 import glob
+import gzip
+import io
 import itertools
 import json
+import lzma
 import os
+import re
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import BinaryIO, Iterator, Mapping
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+import zstandard
 from paircurate.filters.url import check_url
-from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs
+from paircurate.pipeline.stage import REJECTED, IsolatedDoFn, StageCounters, StageOutputs
 from paircurate.schemas import records as R
 from paircurate.schemas.config import InputConfig, UserError
 from paircurate.schemas.identity import make_uid
@@ -37,6 +43,44 @@ _EXTENSIONS = {
     ".json": "jsonl",
     ".txt": "txt",
 }
+
+
+# Compressed lists are read through the standard library (zstandard for .zst):
+# Arrow's own detection knows neither .xz nor Parquet inside a compressed file.
+_COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
+_READ_ERRORS = (OSError, EOFError, pa.ArrowException, UnicodeDecodeError, lzma.LZMAError, zstandard.ZstdError)
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def compression_of(path: str) -> str:
+    """The compression suffix of ``path`` (``.gz``, ``.bz2``, ``.xz``, ``.zst``), or ``""``."""
+    name = path.lower()
+    return next((suffix for suffix in _COMPRESSIONS if name.endswith(suffix)), "")
+
+
+def open_input(path: str) -> BinaryIO:
+    """``path`` opened for reading its (decompressed) bytes."""
+    compression = compression_of(path)
+    if compression == ".gz":
+        return gzip.open(path, "rb")
+    if compression == ".bz2":
+        return bz2.open(path, "rb")
+    if compression == ".xz":
+        return lzma.open(path, "rb")
+    if compression == ".zst":
+        return zstandard.open(path, "rb")
+    return open(path, "rb")
+
+
+def _open_text(path: str):
+    # utf-8-sig drops a byte-order mark before the first line; a byte that is
+    # not UTF-8 becomes U+FFFD in its row instead of failing the whole file.
+    return io.TextIOWrapper(open_input(path), encoding="utf-8-sig", errors="replace", newline=None)
+
+
+def replace_lone_surrogates(text: str) -> str:
+    """Lone surrogates (JSON's ``"\\ud800"``) are not Unicode text: no codec writes them, so they become U+FFFD."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 class InputError(UserError):
@@ -55,9 +99,9 @@ def detect_format(path: str, declared: str = "auto") -> str:
     if declared != "auto":
         return declared
     name = path.lower()
-    for suffix in (".gz", ".bz2", ".zst"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
+    compression = compression_of(path)
+    if compression:
+        name = name[: -len(compression)]
     ext = os.path.splitext(name)[1]
     if ext not in _EXTENSIONS:
         raise InputError(f"{path}: cannot tell the input format from the extension {ext!r}; use --input-format")
@@ -112,8 +156,8 @@ def iter_rows(path: str, fmt: str, cfg: InputConfig, start: int = 0, stop: int |
                 offset = end
     except InputError:
         raise
-    except (OSError, pa.ArrowException, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read as {fmt}: {exc}") from exc
+    except _READ_ERRORS as exc:
+        raise InputError(f"{path}: cannot read as {fmt}: {type(exc).__name__}: {exc}") from exc
 
 
 def _needed_columns(cfg: InputConfig) -> list[str]:
@@ -124,6 +168,9 @@ def _needed_columns(cfg: InputConfig) -> list[str]:
 
 
 def _check_columns(path: str, available: list[str], cfg: InputConfig) -> list[str]:
+    duplicated = sorted({c for c in available if available.count(c) > 1})
+    if duplicated:
+        raise InputError(f"{path}: column {duplicated[0]!r} appears more than once in the header; rename or drop the copies")
     if cfg.url_col not in available:
         raise InputError(f"{path}: no url column {cfg.url_col!r} (columns: {available}); use --url-col")
     missing = [c for c in cfg.save_cols if c not in available]
@@ -134,26 +181,31 @@ def _check_columns(path: str, available: list[str], cfg: InputConfig) -> list[st
 
 def _iter_arrow_batches(path: str, fmt: str, cfg: InputConfig) -> Iterator[pa.RecordBatch]:
     if fmt == "parquet":
-        pf = pq.ParquetFile(path)
-        cols = _check_columns(path, pf.schema_arrow.names, cfg)
-        yield from pf.iter_batches(batch_size=8192, columns=cols)
+        with open_input(path) as fh:
+            # Parquet needs to seek; a compressed one is decompressed into memory.
+            pf = pq.ParquetFile(fh if not compression_of(path) else io.BytesIO(fh.read()))
+            cols = _check_columns(path, pf.schema_arrow.names, cfg)
+            yield from pf.iter_batches(batch_size=8192, columns=cols)
         return
     delimiter = "\t" if fmt == "tsv" else ","
     parse = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
-    # Read every needed column as text: a caption like "1984" must not turn a
-    # column into integers that break the next file's schema.
-    header = pacsv.open_csv(path, parse_options=parse).schema.names
+    with open_input(path) as fh:
+        header = pacsv.open_csv(fh, parse_options=parse).schema.names
     cols = _check_columns(path, header, cfg)
-    reader = pacsv.open_csv(
-        path,
-        parse_options=parse,
-        read_options=pacsv.ReadOptions(block_size=1 << 22),
-        convert_options=pacsv.ConvertOptions(
-            include_columns=cols, column_types={c: pa.string() for c in cols}, strings_can_be_null=True
-        ),
-    )
-    for batch in reader:
-        yield batch
+    # Every needed column is read as bytes and decoded per value: a caption
+    # like "1984" must not turn a column into integers that break the next
+    # file's schema, and one value that is not UTF-8 must not fail the file.
+    with open_input(path) as fh:
+        reader = pacsv.open_csv(
+            fh,
+            parse_options=parse,
+            read_options=pacsv.ReadOptions(block_size=1 << 22),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=cols, column_types={c: pa.binary() for c in cols}, strings_can_be_null=True
+            ),
+        )
+        for batch in reader:
+            yield batch
 
 
 def _rows_from_batch(batch: pa.RecordBatch, cfg: InputConfig) -> Iterator[dict]:
@@ -162,25 +214,34 @@ def _rows_from_batch(batch: pa.RecordBatch, cfg: InputConfig) -> Iterator[dict]:
     captions = data.get(cfg.caption_col) if cfg.caption_col else None
     for i, url in enumerate(urls):
         yield {
-            R.URL: url,
+            # Bytes that are not UTF-8 become lone surrogates: check_url rejects the row, naming them.
+            R.URL: url.decode("utf-8", errors="surrogateescape") if isinstance(url, bytes) else url,
             R.CAPTION: None if captions is None else _as_text(captions[i]),
             R.EXTRA: {c: _as_text(data[c][i]) for c in cfg.save_cols},
         }
 
 
 def _iter_jsonl(path: str, cfg: InputConfig) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as fh:
+    needed = set(_needed_columns(cfg))
+    first = True
+    with _open_text(path) as fh:
         for line_no, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}: line {line_no} is not valid JSON: {exc}") from exc
-            if not isinstance(obj, dict):
-                raise InputError(f"{path}: line {line_no} is a JSON {type(obj).__name__}, expected an object")
-            if line_no == 1 and cfg.url_col not in obj:
-                raise InputError(f"{path}: no url field {cfg.url_col!r} in the first record (fields: {sorted(obj)}); use --url-col")
+                pairs = json.loads(line, object_pairs_hook=list)
+            except (ValueError, RecursionError) as exc:  # JSONDecodeError, a 5000-digit integer, nesting too deep
+                raise InputError(f"{path}: line {line_no} is not valid JSON: {type(exc).__name__}: {str(exc)[:200]}") from exc
+            if line.lstrip()[:1] != "{":  # object_pairs_hook=list makes objects lists too; the text tells them apart
+                raise InputError(f"{path}: line {line_no} is not a JSON object")
+            keys = [k for k, _ in pairs]
+            duplicated = sorted({k for k in keys if k in needed and keys.count(k) > 1})
+            if duplicated:
+                raise InputError(f"{path}: line {line_no}: field {duplicated[0]!r} appears more than once in the record")
+            obj = dict(pairs)
+            if first and cfg.url_col not in obj:
+                raise InputError(f"{path}: no url field {cfg.url_col!r} in the first record (line {line_no}; fields: {sorted(obj)[:20]}); use --url-col")
+            first = False
             yield {
                 R.URL: obj.get(cfg.url_col),
                 R.CAPTION: _as_text(obj.get(cfg.caption_col)) if cfg.caption_col else None,
@@ -189,7 +250,7 @@ def _iter_jsonl(path: str, cfg: InputConfig) -> Iterator[dict]:
 
 
 def _iter_txt(path: str) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as fh:
+    with _open_text(path) as fh:
         for line in fh:
             url = line.strip()
             if url:
@@ -197,14 +258,19 @@ def _iter_txt(path: str) -> Iterator[dict]:
 
 
 def _as_text(value: object) -> str | None:
+    """Any input value as text that every codec can write (None stays None)."""
     if value is None:
         return None
+    if isinstance(value, bytes):  # CSV columns are read as bytes
+        return replace_lone_surrogates(value.decode("utf-8", errors="replace"))
     if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False, sort_keys=True)
-    return str(value)
+        return replace_lone_surrogates(json.dumps(value, ensure_ascii=False, sort_keys=True))
+    return replace_lone_surrogates(str(value))
 
 
-class _ReadInputFileFn(beam.DoFn):
+class _ReadInputFileFn(IsolatedDoFn):
+    STAGE = Stage.READ
+
     def __init__(self, cfg: InputConfig, shard_size: int, skip_shards: frozenset[int], rows: Mapping[int, int] | None = None) -> None:
         self._cfg = cfg
         self._shard_size = shard_size
@@ -231,6 +297,8 @@ class _ReadInputFileFn(beam.DoFn):
         return start, stop, lambda i: None if (first + i) // size in self._skip else (first + i) // size
 
     def process(self, infile: InputFile):
+        # The file is read outside isolation (a file that stops parsing mid-run
+        # is not one row's fault); each row is turned into its record inside it.
         span = self._span(infile)
         if span is None:
             return
@@ -239,26 +307,31 @@ class _ReadInputFileFn(beam.DoFn):
             shard = shard_of(i)
             if shard is None:
                 continue
-            url = row[R.URL]
-            record = {
-                R.URL: url.strip() if isinstance(url, str) else url,
-                R.CAPTION: row[R.CAPTION],
-                R.SOURCE_FILE: infile.path,
-                R.SOURCE_ROW: i,
-                R.SHARD: shard,
-                R.EXTRA: row[R.EXTRA],
-            }
-            decision = check_url(url)
-            if decision.keep:
-                record[R.UID] = make_uid(record[R.URL], record[R.CAPTION])
-                yield record
-            else:
-                # Invalid URLs still get a uid so every reject row is addressable.
-                record[R.URL] = None if url is None else str(url)
-                record[R.UID] = make_uid(record[R.URL] or "", record[R.CAPTION])
-                record[R.DETAIL] = f"{infile.path} row {i} field {self._cfg.url_col!r}: {decision.detail}"
-                self._counters.rejected(decision.reason)
-                yield beam.pvalue.TaggedOutput(REJECTED, R.make_reject(record, Stage.READ, decision.reason, record[R.DETAIL]))
+            position = {R.SOURCE_FILE: infile.path, R.SOURCE_ROW: i, R.SHARD: shard}
+            yield from self.isolate(position, self._record, infile, i, shard, row)
+
+    def _record(self, infile: InputFile, i: int, shard: int, row: dict):
+        url = row[R.URL]
+        record = {
+            R.URL: url.strip() if isinstance(url, str) else url,
+            R.CAPTION: row[R.CAPTION],
+            R.SOURCE_FILE: infile.path,
+            R.SOURCE_ROW: i,
+            R.SHARD: shard,
+            R.EXTRA: row[R.EXTRA],
+        }
+        decision = check_url(url)
+        if decision.keep:
+            record[R.UID] = make_uid(record[R.URL], record[R.CAPTION])
+            yield record
+        else:
+            # Invalid URLs still get a uid so every reject row is addressable,
+            # and keep their text (made writable) so the row can be found.
+            record[R.URL] = None if url is None else _as_text(url)
+            record[R.UID] = make_uid(record[R.URL] or "", record[R.CAPTION])
+            detail = f"{infile.path} row {i} field {self._cfg.url_col!r}: {decision.detail}"
+            self._counters.rejected(decision.reason)
+            yield beam.pvalue.TaggedOutput(REJECTED, R.make_reject(record, Stage.READ, decision.reason, detail))
 
 
 def _first_occurrence(item):

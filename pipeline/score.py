@@ -24,10 +24,10 @@ from paircurate.filters.similarity import (
     resolve_threshold,
     top_percent_cutoff,
 )
-from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs
+from paircurate.pipeline.stage import REJECTED, IsolatedDoFn, StageCounters, StageOutputs
 from paircurate.schemas import records as R
 from paircurate.schemas.config import ClipConfig
-from paircurate.schemas.outcomes import Reason, Stage
+from paircurate.schemas.outcomes import Stage
 from PIL import Image
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,10 @@ CUTOFF_FILE = "_clip_cutoff.json"  # the top-percent cutoff, written when the ru
 _QUANTILES = 1001  # 0.1 % resolution for --clip-top-percent
 
 
-class _ClipScoreFn(beam.DoFn):
+class _ClipScoreFn(IsolatedDoFn):
     """Adds ``clip_score`` and both embeddings to every record of a batch."""
+
+    STAGE = Stage.CLIP
 
     def __init__(self, cfg: ClipConfig) -> None:
         self._cfg = cfg
@@ -46,24 +48,31 @@ class _ClipScoreFn(beam.DoFn):
         from paircurate.embeddings.clip import load_clip
 
         self._clip = load_clip(self._cfg.model, self._cfg.pretrained, device=self._cfg.device, precision=self._cfg.precision, batch_size=self._cfg.batch_size)
-        self._counters = StageCounters(Stage.CLIP)
 
-    def process(self, batch: list[dict]):
+    def process_record(self, batch: list[dict]):
         images, usable = [], []
         for record in batch:
-            try:
-                with Image.open(io.BytesIO(record[R.IMAGE])) as img:
-                    images.append(img.convert("RGB"))
-                usable.append(record)
-            except Exception as exc:  # the image stage wrote these bytes; this is a bug, not bad input
-                self._counters.rejected(Reason.INTERNAL_ERROR)
-                yield beam.pvalue.TaggedOutput(REJECTED, R.make_reject(record, Stage.CLIP, Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
-        if not usable:
-            return
+            # One record's bytes that do not open (written by the image stage: a bug, not bad input) cost that record only.
+            for output in self.isolate(record, self._open_image, record):
+                if isinstance(output, beam.pvalue.TaggedOutput):
+                    yield output
+                else:
+                    images.append(output)
+                    usable.append(record)
+        if usable:
+            # A failure of the model on the batch rejects the batch's usable records (the base class's isolation).
+            yield from self.isolate(usable, self._score, usable, images)
+
+    @staticmethod
+    def _open_image(record: dict):
+        with Image.open(io.BytesIO(record[R.IMAGE])) as img:
+            yield img.convert("RGB")
+
+    def _score(self, usable: list[dict], images: list):
         image_emb = self._clip.encode_images(images)
         text_emb = self._clip.encode_texts([r.get(R.CAPTION) or "" for r in usable])
         scores = np.einsum("ij,ij->i", image_emb, text_emb)
-        for record, score, img_vec, txt_vec in zip(usable, scores, image_emb, text_emb):
+        for record, score, img_vec, txt_vec in zip(usable, scores, image_emb, text_emb, strict=True):
             out = dict(record)
             out[R.CLIP_SCORE] = float(score)
             out[R.IMAGE_EMBEDDING] = img_vec.astype(np.float16)
@@ -71,14 +80,16 @@ class _ClipScoreFn(beam.DoFn):
             yield out
 
 
-class _ScoreFilterFn(beam.DoFn):
+class _ScoreFilterFn(IsolatedDoFn):
+    STAGE = Stage.CLIP
+
     def __init__(self, threshold: float | None) -> None:
         self._threshold = threshold
 
     def setup(self) -> None:
         self._counters = StageCounters(Stage.CLIP)
 
-    def process(self, record: dict, cutoff: float | None = None):
+    def process_record(self, record: dict, cutoff: float | None = None):
         decision = check_clip_score(record[R.CLIP_SCORE], combined_threshold(self._threshold, cutoff))
         if decision.keep:
             self._counters.kept()

@@ -25,7 +25,9 @@ import uuid
 from collections import OrderedDict
 
 import apache_beam as beam
+from paircurate.pipeline.stage import REJECTED, IsolatedDoFn, StageOutputs
 from paircurate.schemas import records as R
+from paircurate.schemas.outcomes import Stage
 
 SPOOL_DIR = "_spool"
 _MAX_OPEN_FILES = 64  # a bundle may span thousands of shards; stay far below the fd limit
@@ -102,14 +104,16 @@ def remove_shard_spool(out_dir: str, shard: int) -> None:
     shutil.rmtree(shard_spool_dir(out_dir, shard), ignore_errors=True)
 
 
-class _SpoolFn(beam.DoFn):
+class _SpoolFn(IsolatedDoFn):
+    STAGE = Stage.WRITE
+
     def __init__(self, out_dir: str) -> None:
         self._out = out_dir
 
     def start_bundle(self) -> None:
         self._spool = SampleSpool(self._out)
 
-    def process(self, record: dict):
+    def process_record(self, record: dict):
         yield record[R.SHARD], self._spool.put(record)
 
     def finish_bundle(self) -> None:
@@ -119,11 +123,12 @@ class _SpoolFn(beam.DoFn):
 
 
 class SpoolSamples(beam.PTransform):
-    """Finished samples -> (shard, pointer to where the sample waits on disk)."""
+    """Finished samples -> (shard, pointer to where the sample waits on disk); a sample that cannot be spooled is rejected."""
 
     def __init__(self, out_dir: str) -> None:
         super().__init__()
         self._out = out_dir
 
     def expand(self, records):
-        return records | "Spool" >> beam.ParDo(_SpoolFn(self._out))
+        out = records | "Spool" >> beam.ParDo(_SpoolFn(self._out)).with_outputs(REJECTED, main="pointers")
+        return StageOutputs(out.pointers, out[REJECTED])

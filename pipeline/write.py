@@ -28,13 +28,14 @@ import os
 import tarfile
 import uuid
 from collections import Counter, defaultdict
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
-from paircurate.pipeline.spool import input_position, load_sample, remove_shard_spool
-from paircurate.pipeline.stage import METRICS_NAMESPACE, StageCounters
+from paircurate.pipeline.spool import input_position, is_pointer, load_sample, remove_shard_spool
+from paircurate.pipeline.stage import METRICS_NAMESPACE, RowIsolation, StageCounters
 from paircurate.schemas import records as R
 from paircurate.schemas.outcomes import Reason, Stage
 
@@ -129,28 +130,41 @@ class ShardWriter:
         name = shard_name(shard)
         os.makedirs(os.path.join(self._out, REJECTED_DIR), exist_ok=True)
 
+        # Each sample is prepared (read back, its tar members and Parquet row
+        # built) under per-row isolation, and a row group is written only once
+        # all its rows fit the schema: a sample that cannot be written becomes
+        # a reject row (stage write, internal_error), never a broken shard.
+        isolation = RowIsolation(Stage.WRITE, to_output=lambda row: (None, row))
         kept = image_bytes = 0
         embeddings: dict[str, list[np.ndarray]] = {R.IMAGE_EMBEDDING: [], R.TEXT_EMBEDDING: []}
         with _atomic_file(os.path.join(self._out, f"{name}.tar")) as tar_fh, _atomic_file(os.path.join(self._out, f"{name}.parquet")) as pq_fh:
             with tarfile.open(fileobj=tar_fh, mode="w|", format=tarfile.PAX_FORMAT) as tar, pq.ParquetWriter(pq_fh, self._sample_schema) as parquet:
-                rows: list[dict] = []
+                group: list[_Prepared] = []
+
+                def flush() -> None:
+                    nonlocal kept, image_bytes
+                    table, fitting = self._row_group(group, isolation, rejects)
+                    for item in fitting:
+                        for member_name, data in item.members:
+                            _add_member(tar, member_name, data)
+                        kept += 1
+                        image_bytes += item.row.get(R.BYTE_SIZE) or 0
+                        for field, vector in item.embeddings.items():
+                            embeddings[field].append(vector)
+                    if table.num_rows:
+                        parquet.write_table(table)
+                    group.clear()
+
                 for pointer in pointers:
-                    sample = load_sample(pointer)
-                    if sample[R.UID] in removed:
-                        rejects.append(_removal_reject(sample, removed[sample[R.UID]]))
-                        continue
-                    _add_sample(tar, sample)
-                    kept += 1
-                    image_bytes += sample.get(R.BYTE_SIZE) or 0
-                    for field, matrix in embeddings.items():
-                        if sample.get(field) is not None:
-                            matrix.append(np.asarray(sample[field], dtype=np.float16))
-                    rows.append({k: v for k, v in sample.items() if k not in (R.IMAGE, R.IMAGE_EMBEDDING, R.TEXT_EMBEDDING)})
-                    if len(rows) == _ROW_GROUP:
-                        parquet.write_table(R.to_table(rows, self._sample_schema))
-                        rows = []
-                if rows or not kept:
-                    parquet.write_table(R.to_table(rows, self._sample_schema))
+                    for item, reject in isolation.run(_pointer_record(pointer, shard), _prepare_sample, pointer, removed):
+                        if reject is not None:
+                            rejects.append(reject)
+                        else:
+                            group.append(item)
+                    if len(group) == _ROW_GROUP:
+                        flush()
+                if group or not kept:
+                    flush()
             tar_bytes = tar_fh.tell()
         for field, suffix in ((R.IMAGE_EMBEDDING, "img"), (R.TEXT_EMBEDDING, "txt")):
             if embeddings[field]:
@@ -159,7 +173,7 @@ class ShardWriter:
                 matrix = np.stack(embeddings[field])
                 _atomic_write(os.path.join(self._out, f"{name}.{suffix}.npy"), lambda fh, m=matrix: np.save(fh, m))
         rejects.sort(key=input_position)
-        reject_table = R.to_table(rejects, self._reject_schema)
+        reject_table = _reject_table(rejects, self._reject_schema)
         _atomic_write(os.path.join(self._out, REJECTED_DIR, f"{name}.parquet"), lambda fh: pq.write_table(reject_table, fh))
 
         by_stage: dict[str, Counter] = defaultdict(Counter)
@@ -179,8 +193,49 @@ class ShardWriter:
         remove_shard_spool(self._out, shard)
         return stats
 
+    def _row_group(self, group: list[_Prepared], isolation: RowIsolation, rejects: list[dict]) -> tuple[pa.Table, list[_Prepared]]:
+        """The group's Parquet table and the samples in it; a row that does not fit the schema is rejected alone."""
+        try:
+            return R.to_table([item.row for item in group], self._sample_schema), list(group)
+        except R.SchemaMismatch:
+            fitting = []
+            for item in group:
+                for _, reject in isolation.run(item.record, lambda row=item.row: [(R.to_table([row], self._sample_schema), None)]):
+                    if reject is None:
+                        fitting.append(item)
+                    else:
+                        rejects.append(reject)
+            return R.to_table([item.row for item in fitting], self._sample_schema), fitting
 
-def _add_sample(tar: tarfile.TarFile, sample: dict) -> None:
+
+class _Prepared(NamedTuple):
+    """A sample ready to go into its shard: tar members, Parquet row, embedding vectors."""
+
+    members: list[tuple[str, bytes]]
+    row: dict
+    embeddings: dict[str, np.ndarray]
+    record: dict
+
+
+def _pointer_record(pointer, shard: int) -> dict:
+    """What a reject row needs of a sample that may not even load."""
+    if not is_pointer(pointer):
+        return pointer
+    return {R.SOURCE_FILE: pointer[0], R.SOURCE_ROW: pointer[1], R.UID: pointer[2], R.SHARD: shard}
+
+
+def _prepare_sample(pointer, removed: dict[str, dict]):
+    """Yields ``(prepared, None)`` for a sample to write, ``(None, reject row)`` for one dedup removed."""
+    sample = load_sample(pointer)
+    if sample[R.UID] in removed:
+        yield None, _removal_reject(sample, removed[sample[R.UID]])
+        return
+    vectors = {f: np.asarray(sample[f], dtype=np.float16) for f in (R.IMAGE_EMBEDDING, R.TEXT_EMBEDDING) if sample.get(f) is not None}
+    row = {k: v for k, v in sample.items() if k not in (R.IMAGE, R.IMAGE_EMBEDDING, R.TEXT_EMBEDDING)}
+    yield _Prepared(_sample_members(sample), row, vectors, sample), None
+
+
+def _sample_members(sample: dict) -> list[tuple[str, bytes]]:
     meta = {k: _json_safe(v) for k, v in sample.items() if k not in _TAR_EXCLUDED}
     meta.update({k: v for k, v in (sample.get(R.EXTRA) or {}).items()})
     # WebDataset's layout: members named {key}.{ext}, grouped by key, in key order.
@@ -191,8 +246,7 @@ def _add_sample(tar: tarfile.TarFile, sample: dict) -> None:
     }
     if sample.get(R.CAPTION_TOKENS) is not None:
         members["tokens"] = json.dumps(list(sample[R.CAPTION_TOKENS])).encode("ascii")
-    for ext in sorted(members):
-        _add_member(tar, f"{sample[R.UID]}.{ext}", members[ext])
+    return [(f"{sample[R.UID]}.{ext}", members[ext]) for ext in sorted(members)]
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -204,7 +258,36 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def _reject_table(rejects: list[dict], schema) -> "pa.Table":
+    """The shard's reject rows as a table; a row that does not fit (text no codec can write) is written escaped.
+
+    Reject rows cannot themselves be rejected, so a value that does not fit is
+    escaped rather than losing the row.
+    """
+    try:
+        return R.to_table(rejects, schema)
+    except R.SchemaMismatch:
+        fitting = []
+        for row in rejects:
+            try:
+                R.to_table([row], schema)
+                fitting.append(row)
+            except R.SchemaMismatch:
+                fitting.append(_escaped(row))
+        return R.to_table(fitting, schema)
+
+
+def _escaped(value):
+    if isinstance(value, dict):
+        return {k: _escaped(v) for k, v in value.items()}
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
 def _removal_reject(sample: dict, removal: dict) -> dict:
+    if removal[R.REASON] == Reason.INTERNAL_ERROR.value:  # dedup could not key this sample
+        return R.make_reject(sample, Stage.DEDUP, Reason.INTERNAL_ERROR, removal.get(R.DETAIL) or "")
     row = R.make_reject(sample, Stage.DEDUP, Reason(removal[R.REASON]), f"{removal[R.REASON]} of {removal[R.DUPLICATE_OF]} (similarity {removal[R.SIMILARITY]:.4f})")
     row[R.DUPLICATE_OF] = removal[R.DUPLICATE_OF]
     row[R.SIMILARITY] = removal[R.SIMILARITY]
@@ -226,7 +309,8 @@ class _WriteShardFn(beam.DoFn):
         removals = list(grouped["removals"])
         stats = self._writer.write(shard, grouped["kept"], grouped["rejected"], removals)
         for removal in removals:
-            self._dedup.rejected(removal[R.REASON])
+            if removal[R.REASON] != Reason.INTERNAL_ERROR.value:  # counted where it happened
+                self._dedup.rejected(removal[R.REASON])
         self._shards.inc()
         yield stats
 

@@ -24,11 +24,18 @@ def normalize_url(url: str) -> str:
     reach the server, so they must not make two URLs different. Path and query
     are kept verbatim: servers may treat them case-sensitively.
     """
-    parts = urlsplit(url.strip())
+    text = url.strip()
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        # Not a URL urllib can take apart (bad port, unbalanced brackets):
+        # its text is its identity. Such rows are invalid_url rejects.
+        return text
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
-    if parts.port is not None and parts.port != _DEFAULT_PORTS.get(scheme):
-        host = f"{host}:{parts.port}"
+    if port is not None and port != _DEFAULT_PORTS.get(scheme):
+        host = f"{host}:{port}"
     if parts.username or parts.password:
         auth = parts.username or ""
         if parts.password:
@@ -45,4 +52,5 @@ def normalize_caption_for_identity(caption: str | None) -> str:
 
 def make_uid(url: str, caption: str | None) -> str:
     payload = normalize_url(url) + "\x00" + normalize_caption_for_identity(caption)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+    # surrogatepass: any Python string has a uid, even one that is not valid Unicode.
+    return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()[:32]

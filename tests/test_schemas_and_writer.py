@@ -1,5 +1,6 @@
 import json
 import os
+import tarfile
 
 import apache_beam as beam
 import numpy as np
@@ -91,13 +92,19 @@ def test_a_failed_write_leaves_neither_file_nor_temporary(tmp_path, monkeypatch)
     assert completed_shards(str(tmp_path)) == frozenset()
 
 
-def test_a_failure_while_streaming_samples_leaves_no_tar_or_parquet(tmp_path):
+def test_a_sample_that_cannot_be_written_becomes_a_reject_and_the_shard_completes(tmp_path):
     broken = {k: v for k, v in sample(2).items() if k != R.IMAGE_FORMAT}  # the tar member cannot be named
-    with pytest.raises(KeyError):
-        ShardWriter(str(tmp_path)).write(0, [sample(1), broken], [])
-    # Tar and Parquet are written together; neither appears, nor a temporary.
-    assert sorted(os.listdir(tmp_path)) == [W.REJECTED_DIR]
-    assert completed_shards(str(tmp_path)) == frozenset()
+    misfit = {**sample(3), R.WIDTH: "wide"}  # does not fit the Parquet schema
+    stats = ShardWriter(str(tmp_path)).write(0, [sample(1), broken, misfit], [])
+    assert stats["kept"] == 1 and stats["rejected"] == {"write": {"internal_error": 2}}
+    rejects = pq.read_table(tmp_path / W.REJECTED_DIR / "00000.parquet").to_pylist()
+    assert [(r[R.SOURCE_ROW], r[R.STAGE], r[R.REASON]) for r in rejects] == [(2, "write", "internal_error"), (3, "write", "internal_error")]
+    assert rejects[0][R.DETAIL] == "KeyError: 'image_format'"
+    assert rejects[1][R.DETAIL].startswith("SchemaMismatch: field 'width'")
+    # Neither left a member in the tar nor a row in the Parquet.
+    with tarfile.open(tmp_path / "00000.tar") as tar:
+        assert {n.split(".")[0] for n in tar.getnames()} == {sample(1)[R.UID]}
+    assert pq.read_table(tmp_path / "00000.parquet").column(R.UID).to_pylist() == [sample(1)[R.UID]]
 
 
 def test_parquet_is_streamed_in_row_groups_with_the_declared_schema(tmp_path, monkeypatch):
