@@ -8,13 +8,15 @@
 
 Flags map one-to-one onto config keys (``--image-size`` -> ``image.image_size``);
 values given on the command line override those from ``--config``, which
-override those of ``--preset``. Arguments
-this parser does not know are handed to Beam as pipeline options.
+override those of ``--preset``. Options this parser does not know are handed
+to Beam only if Beam declares them; any other is an error naming the closest
+known option.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import sys
@@ -200,7 +202,8 @@ def make_parser() -> argparse.ArgumentParser:
         "run",
         help="download, filter and shard URL + caption lists",
         description="Curate URL + caption lists into WebDataset tar shards with Parquet metadata. "
-        "Unknown --options are passed to Beam (e.g. --runner, --direct_num_workers, --direct_running_mode).",
+        "Other --options that Beam declares are passed to Beam (e.g. --runner, --direct_num_workers, --direct_running_mode); "
+        "any other option is an error.",
     )
     run_p.add_argument("inputs", nargs="*", metavar="INPUT", help="Parquet/CSV/TSV/JSONL/TXT files or globs")
     run_p.add_argument("-o", "--output", help="output folder (resumed if it holds an unfinished run)")
@@ -259,12 +262,42 @@ def _drop_known_noise(record: logging.LogRecord) -> bool:
     return "apitools not found" not in record.getMessage()
 
 
+def _known_flags(parser: argparse.ArgumentParser) -> set[str]:
+    flags = set()
+    for action in parser._actions:
+        flags.update(o for o in action.option_strings if o.startswith("--"))
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                flags |= _known_flags(sub)
+    return flags
+
+
+def unknown_option_error(parser: argparse.ArgumentParser, beam_args: list[str]) -> str | None:
+    """The error for the first option neither we nor Beam declare (with the closest known one), or None."""
+    options = [a.split("=", 1)[0] for a in beam_args if a.startswith("-")]
+    if not options:
+        return None
+    from paircurate.runners import beam_option_names
+
+    beam_names = beam_option_names()
+    for option in options:
+        if option not in beam_names:
+            close = difflib.get_close_matches(option, sorted(_known_flags(parser) | beam_names), n=1, cutoff=0.75)
+            hint = f"; did you mean {close[0]}?" if close else "; see paircurate run --help (Beam options: see Beam's PipelineOptions)"
+            return f"unknown option {option}{hint}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args, beam_args = parser.parse_known_args(argv)
     stray = [a for a in beam_args if not a.startswith("-")]
     if stray and all(not a.startswith("-") for a in beam_args):
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    problem = unknown_option_error(parser, beam_args)
+    if problem:
+        print(f"paircurate: error: {problem}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

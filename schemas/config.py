@@ -11,6 +11,7 @@ receives the section it needs, never a long list of keyword arguments.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -42,6 +43,43 @@ def check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def check_types(section: Any, name: str) -> None:
+    """Every field of a config section holds its declared type (and a number is finite).
+
+    Runs first in each section's ``__post_init__``, so a section built from
+    Python with a wrong value fails with the key's name, not with a
+    ``TypeError`` from the range checks that follow.
+    """
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if typing.get_origin(hints[f.name]) is tuple and isinstance(value, list):
+            value = tuple(value)  # a list from Python code is as good; the section stays hashable
+            object.__setattr__(section, f.name, value)
+        _check_value(hints[f.name], value, f"{name}.{f.name}")
+
+
+def _check_value(tp: Any, value: Any, where: str) -> None:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return
+        _check_value(next(a for a in args if a is not type(None)), value, where)
+    elif origin is tuple:
+        check(isinstance(value, tuple), f"{where} must be a list, got {value!r:.100}")
+        for item in value:
+            _check_value(args[0], item, where)
+    elif tp is bool:
+        check(isinstance(value, bool), f"{where} must be true or false, got {value!r:.100}")
+    elif tp is int:
+        check(isinstance(value, int) and not isinstance(value, bool), f"{where} must be a whole number, got {value!r:.100}")
+    elif tp is float:
+        check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{where} must be a number, got {value!r:.100}")
+        check(math.isfinite(value), f"{where} must be a finite number, got {value!r}")
+    elif tp is str:
+        check(isinstance(value, str), f"{where} must be a string, got {value!r:.100}")
+
+
 @dataclass(frozen=True)
 class InputConfig:
     paths: tuple[str, ...] = ()
@@ -51,8 +89,19 @@ class InputConfig:
     input_format: str = "auto"
 
     def __post_init__(self) -> None:
+        check_types(self, "input")
         check(self.input_format in INPUT_FORMATS, f"input.input_format must be one of {INPUT_FORMATS}, got {self.input_format!r}")
         check(bool(self.url_col), "input.url_col must not be empty")
+        from paircurate.schemas.records import reserved_column_names  # pyarrow, only once a config is built
+
+        reserved = sorted(set(self.save_cols) & reserved_column_names())
+        if reserved:
+            raise ConfigError(
+                f"input.save_cols: {reserved[0]!r} is a column paircurate writes itself "
+                f"(reserved: {', '.join(sorted(reserved_column_names()))}); rename that column in the input file to carry it"
+            )
+        duplicated = sorted({c for c in self.save_cols if self.save_cols.count(c) > 1})
+        check(not duplicated, f"input.save_cols names {duplicated[:1]} more than once")
 
 
 @dataclass(frozen=True)
@@ -67,6 +116,7 @@ class CaptionConfig:
     max_text_tokens: int = 77  # token ids kept, start and end tokens included (DALL-E layout: 256)
 
     def __post_init__(self) -> None:
+        check_types(self, "caption")
         check(self.max_caption_chars >= 1, "caption.max_caption_chars must be >= 1")
         check(self.min_words >= 0 and self.min_chars >= 0, "caption.min_words and caption.min_chars must be >= 0")
         check(self.max_text_tokens >= 2, "caption.max_text_tokens must be >= 2 (start and end tokens)")
@@ -100,6 +150,7 @@ class DownloadConfig:
     robots_user_agent: str = "paircurate"
 
     def __post_init__(self) -> None:
+        check_types(self, "download")
         check(self.threads >= 1, "download.threads must be >= 1")
         check(self.processes >= 0, "download.processes must be >= 0 (0 = one per core on the in-process runner)")
         check(self.connect_timeout > 0 and self.read_timeout > 0, "download timeouts must be > 0")
@@ -124,6 +175,7 @@ class ImageConfig:
     max_pixels: int = 89_478_485  # Pillow's own default bomb limit
 
     def __post_init__(self) -> None:
+        check_types(self, "image")
         check(self.resize_mode in RESIZE_MODES, f"image.resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
         check(self.encode_format in ENCODE_FORMATS, f"image.encode_format must be one of {ENCODE_FORMATS}, got {self.encode_format!r}")
         check(self.image_size >= 1, "image.image_size must be >= 1")
@@ -144,6 +196,7 @@ class ClipConfig:
     top_percent: float | None = None
 
     def __post_init__(self) -> None:
+        check_types(self, "clip")
         check(self.device in ("auto", "cpu", "cuda"), f"clip.device must be auto, cpu or cuda, got {self.device!r}")
         check(self.precision in ("auto", "fp32", "fp16", "bf16"), f"clip.precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
         check(self.batch_size >= 1, "clip.batch_size must be >= 1")
@@ -163,6 +216,7 @@ class DedupConfig:
     decontaminate_against: str = ""  # folder or Parquet of evaluation images to remove
 
     def __post_init__(self) -> None:
+        check_types(self, "dedup")
         check(0 <= self.phash_threshold <= 63, "dedup.phash_threshold must be in 0..63")
         check(self.semantic_nprobe >= 1, "dedup.semantic_nprobe must be >= 1")
         check(0 < self.semantic_threshold <= 1, "dedup.semantic_threshold must be in (0, 1]")
@@ -175,6 +229,7 @@ class OutputConfig:
     shard_size: int = 10_000  # input rows per shard, as img2dataset counts them
 
     def __post_init__(self) -> None:
+        check_types(self, "output")
         check(self.shard_size >= 1, "output.shard_size must be >= 1")
 
 
@@ -193,6 +248,7 @@ class RunnerConfig:
     retry_reasons: tuple[str, ...] = DEFAULT_RETRY_REASONS
 
     def __post_init__(self) -> None:
+        check_types(self, "runner")
         check(self.rows_per_pass >= 0, "runner.rows_per_pass must be >= 0 (0 = automatic)")
         known = {r.value for r in Reason}
         unknown = [r for r in self.retry_reasons if r not in known]
@@ -245,7 +301,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - known
-    check(not unknown, f"unknown config key(s) {sorted(prefix + k for k in unknown)}; known: {sorted(known)}")
+    check(not unknown, f"unknown config key(s) {sorted(prefix + str(k) for k in unknown)}; known: {sorted(known)}")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, prefix + name)
@@ -273,15 +329,23 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 lowered = value.strip().lower()
                 check(lowered in ("true", "false", "1", "0", "yes", "no"), f"{where} must be true/false, got {value!r}")
                 return lowered in ("true", "1", "yes")
+            check(isinstance(value, (bool, int)), f"{where} must be true/false, got {value!r:.100}")
             return bool(value)
-        if tp in (int, float):
+        if tp is float:
             check(not isinstance(value, bool), f"{where} must be a number, got {value!r}")
-            return tp(value)
+            number = float(value)
+            check(math.isfinite(number), f"{where} must be a finite number, got {value!r}")
+            return number
+        if tp is int:
+            check(not isinstance(value, bool), f"{where} must be a whole number, got {value!r}")
+            if isinstance(value, float):  # YAML 1e6 is a float; .inf, .nan and 2.5 are not whole numbers
+                check(math.isfinite(value) and value.is_integer(), f"{where} must be a whole number, got {value!r}")
+            return int(value)
         if tp is str:
             check(isinstance(value, (str, int, float)), f"{where} must be a string, got {value!r}")
             return str(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: cannot use {value!r} as {tp.__name__}") from exc
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ConfigError(f"{where}: cannot use {value!r:.100} as {tp.__name__}") from exc
     return value
 
 

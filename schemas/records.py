@@ -125,6 +125,13 @@ def reject_schema(save_cols: Sequence[str] = ()) -> pa.Schema:
     return _with_version(pa.schema(fields))
 
 
+def reserved_column_names() -> frozenset[str]:
+    """Names a ``--save-cols`` column may not take: every field this schema declares, and WebDataset's key."""
+    declared = {f.name for f in sample_schema()} | {f.name for f in reject_schema()}
+    in_flight = {EXTRA, IMAGE, IMAGE_EMBEDDING, TEXT_EMBEDDING}
+    return frozenset(declared | in_flight | {"key", "__key__", "__url__"})
+
+
 def _with_version(schema: pa.Schema) -> pa.Schema:
     return schema.with_metadata({SCHEMA_VERSION_KEY: SCHEMA_VERSION.encode()})
 

@@ -12,6 +12,7 @@ Two properties of the choice shape a run, and are decided here only:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -26,6 +27,33 @@ _DASK_RUNNERS = {"dask", "daskrunner"}
 _DASK_ADDRESS_FLAGS = ("--dask-address", "--dask_address", "--dask-client-address")
 _BEAM_DASK_ADDRESS = "--dask_client_address"
 DEFAULT_ROWS_PER_PASS = 500_000
+
+
+def beam_option_names() -> frozenset[str]:
+    """Every ``--option`` Beam's PipelineOptions declares (and our spellings of the Dask address).
+
+    Beam drops options it does not know with a warning, so the command line
+    passes on only these and refuses the rest: a typo of one of our flags
+    must not run to the end without it.
+    """
+    try:  # registers DaskOptions when dask is installed
+        import apache_beam.runners.dask.dask_runner  # noqa: F401
+    except ImportError:
+        pass
+    parser = argparse.ArgumentParser(add_help=False)
+    pending = list(PipelineOptions.__subclasses__())
+    seen = set()
+    while pending:
+        cls = pending.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        pending.extend(cls.__subclasses__())
+        try:
+            cls._add_argparse_args(parser)
+        except argparse.ArgumentError:  # an option two option classes both declare
+            continue
+    return frozenset(name for name in parser._option_string_actions if name.startswith("--")) | frozenset(_DASK_ADDRESS_FLAGS)
 
 
 def make_runner(beam_args: tuple[str, ...]):
