@@ -26,7 +26,7 @@ from paircurate.pipeline.progress import PROGRESS_DIR, ProgressMonitor
 from paircurate.pipeline.read import InputFile, plan_inputs
 from paircurate.pipeline.score import CUTOFF_FILE
 from paircurate.pipeline.spool import SPOOL_DIR
-from paircurate.pipeline.stats import build_funnel, package_versions, read_shard_stats
+from paircurate.pipeline.stats import build_funnel, internal_error_summary, package_versions, read_shard_stats
 from paircurate.pipeline.write import completed_shards, shard_name
 from paircurate.release import finish_folder, utc
 from paircurate.retry import check_retry_folder, finish_retry, prepare_retry
@@ -42,12 +42,20 @@ log = logging.getLogger(__name__)
 
 PLAN_FILE = "_plan.json"
 STATS_FILE = "stats.json"
+# Written into every output folder paircurate makes: only a folder holding it
+# (or an older output, which holds _plan.json) is ever written into, cleaned or deleted.
+OUTPUT_MARKER = "_paircurate_output.txt"
 
 
 @dataclass(frozen=True)
 class RunSummary:
     output: str
     stats: dict
+
+    @property
+    def error_rate_exceeded(self) -> bool:
+        """More rows ended as ``internal_error`` than ``runner.max_error_rate`` allows (the CLI then exits 3)."""
+        return bool(self.stats.get("internal_errors", {}).get("exceeded"))
 
 
 @dataclass(frozen=True)
@@ -143,9 +151,24 @@ def _refuse_in_worker_import() -> None:
 
 
 def _prepare_output(out_dir: str, files: list[InputFile], cfg: PipelineConfig, overwrite: bool) -> None:
-    if overwrite and os.path.isdir(out_dir):
+    """Make ``out_dir`` ready for this run; called once the inputs and the config have been checked.
+
+    A folder paircurate did not make is never touched: not written into, not
+    cleaned, not deleted.
+    """
+    state = output_folder_state(out_dir)
+    if state == "not_a_folder":
+        raise ConfigError(f"output {out_dir} exists and is not a folder; give -o a folder path")
+    if state == "foreign":
+        raise ConfigError(
+            f"output folder {out_dir} is not empty and was not made by paircurate (it holds no {OUTPUT_MARKER}); "
+            "nothing in it was touched: give -o a new or empty folder"
+        )
+    if overwrite and state == "ours":
+        _refuse_to_delete(out_dir, files, cfg)
         shutil.rmtree(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    _write_marker(out_dir)
     _check_plan(out_dir, files, cfg)
     _remove_stale_temporaries(out_dir)
     for stale in (CUTOFF_FILE, PROGRESS_DIR):  # run-level facts of an earlier invocation
@@ -154,6 +177,44 @@ def _prepare_output(out_dir: str, files: list[InputFile], cfg: PipelineConfig, o
             shutil.rmtree(path)
         elif os.path.exists(path):
             os.remove(path)
+
+
+def output_folder_state(out_dir: str) -> str:
+    """``missing``, ``empty``, ``ours`` (holds the marker, or _plan.json from before the marker), ``foreign`` or ``not_a_folder``."""
+    if not os.path.lexists(out_dir):
+        return "missing"
+    if not os.path.isdir(out_dir):
+        return "not_a_folder"
+    names = os.listdir(out_dir)
+    if not names:
+        return "empty"
+    if OUTPUT_MARKER in names or PLAN_FILE in names:
+        return "ours"
+    return "foreign"
+
+
+def _refuse_to_delete(out_dir: str, files: list[InputFile], cfg: PipelineConfig) -> None:
+    """--overwrite deletes an output folder, never one a user could not mean to lose with it."""
+    target = os.path.realpath(out_dir)
+
+    def inside(path: str) -> bool:
+        return os.path.commonpath([target, os.path.realpath(path)]) == target
+
+    protected = [("the root folder", os.path.sep), ("the working directory", os.getcwd()), ("your home folder", os.path.expanduser("~"))]
+    for what, path in protected:
+        if inside(path):
+            raise ConfigError(f"--overwrite would delete {out_dir}, which is or holds {what}; give -o a folder of its own")
+    needed = [f.path for f in files] + [p for p in (cfg.dedup.dedup_against, cfg.dedup.decontaminate_against) if p]
+    for path in needed:
+        if inside(path):
+            raise ConfigError(f"--overwrite would delete {out_dir}, which holds {path}, an input of this run; move the input or choose another -o")
+
+
+def _write_marker(out_dir: str) -> None:
+    path = os.path.join(out_dir, OUTPUT_MARKER)
+    if not os.path.exists(path):
+        with open(path, "w") as fh:
+            fh.write("This folder was made by paircurate; `paircurate run --overwrite` may delete it.\n")
 
 
 def _clip_stats(cfg: PipelineConfig, out_dir: str) -> dict:
@@ -179,10 +240,12 @@ def _clip_stats(cfg: PipelineConfig, out_dir: str) -> dict:
 
 def _run_stats(out_dir: str, cfg: PipelineConfig, files: list[InputFile], work: WorkPlan, started: float) -> dict:
     shard_stats = read_shard_stats(out_dir)
+    funnel = build_funnel(shard_stats, work.input_rows)
     stats = {
         "output": os.path.abspath(out_dir),
         "shards": len(shard_stats),
-        "funnel": build_funnel(shard_stats, work.input_rows),
+        "funnel": funnel,
+        "internal_errors": internal_error_summary(out_dir, funnel, cfg.runner.max_error_rate),
         "resumed_shards": sorted(work.done),
         "started": utc(started),
         "finished": utc(time.time()),

@@ -31,6 +31,8 @@ from paircurate.schemas.config import (
     UserError,
 )
 
+EXIT_ERROR_RATE = 3  # the run finished and wrote everything, but too many rows were internal errors
+
 # (flag, config key, argparse kwargs). The help text is the documentation.
 _RUN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--url-col", "input.url_col", dict(help="input column holding the image URL (default: url)")),
@@ -86,6 +88,7 @@ _RUN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--blocklist", "blocklist.paths", dict(nargs="+", metavar="FILE", help="text or Parquet lists of url:/prefix:/domain:/sha256:/md5:/phash: entries; matching rows are rejected as blocklisted (URL entries before any request)")),
     ("--retry-failed", "runner.retry_failed", dict(action="store_const", const=True, help="re-attempt only the rows of the existing OUT rejected for a --retry-reasons reason; recovered rows become new shards")),
     ("--retry-reasons", "runner.retry_reasons", dict(metavar="REASONS", help="comma-separated reason codes --retry-failed re-attempts (default: timeout,connection_error,http_5xx,http_429)")),
+    ("--max-error-rate", "runner.max_error_rate", dict(type=float, help="share of rows that may end as internal_error; above it the run still writes everything, then exits with status 3 (default: 0.01)")),
     ("--rows-per-pass", "runner.rows_per_pass", dict(type=int, help="input rows per pass of the pipeline, in whole shards; bounds memory on one machine (default 0: 500,000 on the in-process runner, one pass elsewhere)")),
 ]
 
@@ -140,10 +143,13 @@ def _cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
 
         start_forkserver_early()
     from paircurate.api import run
-    from paircurate.pipeline.stats import format_summary
+    from paircurate.pipeline.stats import format_error_rate_failure, format_summary
 
     summary = run(cfg, overwrite=args.overwrite)
     print(format_summary(summary.stats))
+    if summary.error_rate_exceeded:
+        print(f"paircurate: error: {format_error_rate_failure(summary.stats)}", file=sys.stderr)
+        return EXIT_ERROR_RATE
     return 0
 
 

@@ -8,8 +8,15 @@ import os
 import platform
 from collections import Counter, defaultdict
 
-from paircurate.pipeline.write import STATS_SUFFIX
-from paircurate.schemas.outcomes import Stage
+import glob
+
+import pyarrow.parquet as pq
+from paircurate.pipeline.stage import internal_error_type
+from paircurate.pipeline.write import REJECTED_DIR, STATS_SUFFIX
+from paircurate.schemas import records as R
+from paircurate.schemas.outcomes import Reason, Stage
+
+_TOP_TYPES = 5
 
 _VERSIONED_PACKAGES = ("paircurate", "apache-beam", "pyarrow", "Pillow", "webdataset", "ftfy", "numpy", "urllib3", "torch", "open_clip_torch", "faiss-cpu")
 
@@ -56,6 +63,35 @@ def build_funnel(shard_stats: list[dict], input_rows: int) -> dict:
         "stages": stages,
         "reasons": dict(sorted(reasons_total.items())),
     }
+
+
+def internal_error_summary(out_dir: str, funnel: dict, max_error_rate: float) -> dict:
+    """How many rows ended as ``internal_error``, their share, and the exception types most of them raised."""
+    rows = funnel["reasons"].get(Reason.INTERNAL_ERROR.value, 0)
+    rate = rows / funnel["input_rows"] if funnel["input_rows"] else 0.0
+    types: Counter = Counter()
+    if rows:
+        for path in sorted(glob.glob(os.path.join(out_dir, REJECTED_DIR, "*.parquet"))):
+            table = pq.read_table(path, columns=[R.REASON, R.DETAIL], filters=[(R.REASON, "==", Reason.INTERNAL_ERROR.value)])
+            types.update(internal_error_type(d) for d in table.column(R.DETAIL).to_pylist())
+    return {
+        "rows": rows,
+        "rate": round(rate, 6),
+        "max_error_rate": max_error_rate,
+        "exceeded": rate > max_error_rate,
+        "top_types": [[name, count] for name, count in types.most_common(_TOP_TYPES)],
+    }
+
+
+def format_error_rate_failure(stats: dict) -> str:
+    """One line: why a run whose internal errors passed --max-error-rate counts as failed."""
+    errors = stats["internal_errors"]
+    top = ", ".join(f"{name} ({count})" for name, count in errors["top_types"]) or "unknown"
+    return (
+        f"{errors['rows']} of {stats['funnel']['input_rows']} rows ({errors['rate']:.2%}) ended as internal_error, "
+        f"above --max-error-rate {errors['max_error_rate']:.2%}; top exception types: {top}. Everything was written: "
+        f"see reason internal_error in {stats['output']}/{REJECTED_DIR}/*.parquet"
+    )
 
 
 def format_summary(stats: dict) -> str:

@@ -246,9 +246,13 @@ class RunnerConfig:
     # retry_reasons (see README "Retrying what failed"), instead of a new run.
     retry_failed: bool = False
     retry_reasons: tuple[str, ...] = DEFAULT_RETRY_REASONS
+    # Share of input rows that may end as internal_error before the run counts
+    # as failed (it still writes everything, then exits non-zero).
+    max_error_rate: float = 0.01
 
     def __post_init__(self) -> None:
         check_types(self, "runner")
+        check(0 <= self.max_error_rate <= 1, "runner.max_error_rate must be in [0, 1]")
         check(self.rows_per_pass >= 0, "runner.rows_per_pass must be >= 0 (0 = automatic)")
         known = {r.value for r in Reason}
         unknown = [r for r in self.retry_reasons if r not in known]
@@ -261,6 +265,9 @@ class BlocklistConfig:
     # Text or Parquet lists of url/prefix/domain/sha256/md5/phash entries
     # (filters/blocklist.py); matching rows are rejected as ``blocklisted``.
     paths: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_types(self, "blocklist")
 
 
 @dataclass(frozen=True)
