@@ -138,8 +138,13 @@ def _hashes_of(data: bytes, where: str, image_cfg: ImageConfig) -> tuple[str, st
         return sha, None
 
 
-class _DecontaminateFn(beam.DoFn):
+class _DecontaminateFn(IsolatedDoFn):
     """Removes keys that match an evaluation image; passes the rest on."""
+
+    STAGE = Stage.DEDUP
+
+    def make_isolation(self) -> RowIsolation:
+        return RowIsolation(Stage.DEDUP, to_output=lambda row: beam.pvalue.TaggedOutput("removed", _removal_of_failed_key(row)))
 
     def __init__(self, source: str, threshold: int, image_cfg: ImageConfig) -> None:
         self._source = source
@@ -154,7 +159,7 @@ class _DecontaminateFn(beam.DoFn):
                 self._by_sha.setdefault(sha, eval_id)
         self._index = PhashIndex([(eval_id, ph) for eval_id, _, ph in items if ph], self._threshold)
 
-    def process(self, key: dict):
+    def process_record(self, key: dict):
         if key[PINNED]:
             yield key
             return
