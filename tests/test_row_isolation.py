@@ -127,3 +127,50 @@ def test_a_run_over_the_error_rate_writes_everything_then_exits_non_zero_naming_
 def test_a_run_under_the_error_rate_succeeds(boom_list, tmp_path, monkeypatch):
     _fail_on_boom(monkeypatch)
     assert run_boom(boom_list, tmp_path / "out", "--max-error-rate", "0.5") == 0
+
+
+class _FailingWorkers:
+    """Stands in for the download workers: a batch holding a BOOM URL fails as a whole when collected."""
+
+    def __init__(self, *args) -> None:
+        pass
+
+    def submit(self, batch):
+        from concurrent.futures import Future
+
+        future = Future()
+        if any("BOOM" in r[R.URL] for r in batch):
+            future.set_exception(OSError("worker pipe closed"))
+        else:
+            future.set_result([dict(r) for r in batch])
+        return future
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_download_batch_that_fails_rejects_its_own_records_only(monkeypatch):
+    import paircurate.pipeline.download as download_module
+    from paircurate.pipeline.download import DownloadImages
+    from paircurate.schemas.config import DownloadConfig, ImageConfig
+
+    monkeypatch.setattr(download_module, "FetchWorkers", _FailingWorkers)
+    records = [record(i) for i in range(6)]
+    records[3][R.URL] = "http://h/BOOM.jpg"
+    with BeamTestPipeline(runner=FnApiRunner()) as p:
+        out = p | beam.Create(records) | DownloadImages(DownloadConfig(batch_size=2, processes=1), ImageConfig())
+        outcomes = (
+            (out.kept | "k" >> beam.Map(lambda r: (r[R.SOURCE_ROW], "kept")),
+             out.rejected | "r" >> beam.Map(lambda r: (r[R.SOURCE_ROW], f"{r[R.STAGE]} {r[R.REASON]} {r[R.DETAIL]}")))
+            | beam.Flatten()
+        )
+
+        def check(pairs):
+            got = dict(pairs)
+            assert sorted(got) == list(range(6)) and len(pairs) == 6  # every record once
+            failed = sorted(row for row, what in got.items() if what != "kept")
+            # The BOOM record and its batch-mate (batches of 2), nothing else.
+            assert 3 in failed and len(failed) == 2, got
+            assert {got[row] for row in failed} == {"download internal_error OSError: worker pipe closed"}
+
+        assert_that(outcomes, check)
