@@ -16,7 +16,7 @@ from __future__ import annotations
 import apache_beam as beam
 
 from paircurate.filters.blocklist import HASH_KINDS, URL_KINDS, BlocklistMatch, Blocklists, load_blocklists, reject_row
-from paircurate.pipeline.stage import REJECTED, StageCounters, StageOutputs
+from paircurate.pipeline.stage import REJECTED, IsolatedDoFn, StageCounters, StageOutputs
 from paircurate.schemas import records as R
 from paircurate.schemas.outcomes import Reason, Stage
 
@@ -33,17 +33,18 @@ def match_record(record: dict, lists: Blocklists, gate: str) -> BlocklistMatch |
     return lists.match_digests(record.get(R.SHA256), record.get(R.MD5)) or lists.match_phash(record.get(R.PHASH))
 
 
-class _BlocklistFn(beam.DoFn):
+class _BlocklistFn(IsolatedDoFn):
     def __init__(self, paths: tuple[str, ...], gate: str) -> None:
         self._paths = paths
         self._gate = gate
+        self.STAGE = _STAGE[gate]
 
     def setup(self) -> None:
         self._lists = load_blocklists(self._paths, _KINDS[self._gate])  # only the entries this gate matches
         self._stage = _STAGE[self._gate]
         self._counters = StageCounters(self._stage)
 
-    def process(self, record: dict):
+    def process_record(self, record: dict):
         match = match_record(record, self._lists, self._gate)
         if match is None:
             yield record
