@@ -45,6 +45,9 @@ _TAR_MTIME = 0  # fixed so identical shards are byte-identical across runs; an i
 # In-flight fields that go into their own files, not into Parquet or json.
 _BULK_FIELDS = (R.IMAGE, R.IMAGE_EMBEDDING, R.TEXT_EMBEDDING, R.EXTRA)
 _ROW_GROUP = 1024  # Parquet rows buffered before they are written
+# A row group's samples wait (images included) until all their rows are known to
+# fit the schema; this bounds what waits when images are large (--resize-mode no).
+_GROUP_BYTES = 64 * 1024 * 1024
 # Timings differ from run to run; they stay in the Parquet but out of the tar,
 # so the same input gives byte-identical shards.
 _TAR_EXCLUDED = _BULK_FIELDS + (R.DOWNLOAD_SECONDS, R.CAPTION_TOKENS)
@@ -140,9 +143,10 @@ class ShardWriter:
         with _atomic_file(os.path.join(self._out, f"{name}.tar")) as tar_fh, _atomic_file(os.path.join(self._out, f"{name}.parquet")) as pq_fh:
             with tarfile.open(fileobj=tar_fh, mode="w|", format=tarfile.PAX_FORMAT) as tar, pq.ParquetWriter(pq_fh, self._sample_schema) as parquet:
                 group: list[_Prepared] = []
+                group_bytes = 0
 
                 def flush() -> None:
-                    nonlocal kept, image_bytes
+                    nonlocal kept, image_bytes, group_bytes
                     table, fitting = self._row_group(group, isolation, rejects)
                     for item in fitting:
                         for member_name, data in item.members:
@@ -154,6 +158,7 @@ class ShardWriter:
                     if table.num_rows:
                         parquet.write_table(table)
                     group.clear()
+                    group_bytes = 0
 
                 for pointer in pointers:
                     for item, reject in isolation.run(_pointer_record(pointer, shard), _prepare_sample, pointer, removed):
@@ -161,7 +166,8 @@ class ShardWriter:
                             rejects.append(reject)
                         else:
                             group.append(item)
-                    if len(group) == _ROW_GROUP:
+                            group_bytes += sum(len(data) for _, data in item.members)
+                    if len(group) == _ROW_GROUP or group_bytes >= _GROUP_BYTES:
                         flush()
                 if group or not kept:
                     flush()

@@ -172,3 +172,12 @@ def test_spool_files_closed_for_the_fd_limit_reopen_for_append(tmp_path, monkeyp
     assert all(R.IMAGE not in r for r in records)
     assert sorted(os.listdir(tmp_path / spool_module.SPOOL_DIR)) == ["00000", "00001", "00002", "00003"]
     assert len(os.listdir(tmp_path / spool_module.SPOOL_DIR / "00000")) == 1
+
+
+def test_samples_waiting_for_their_row_group_are_bounded_in_bytes(tmp_path, monkeypatch):
+    # Samples wait (images included) until their row group is known to fit the
+    # schema; a byte budget flushes early, so big images never pile up.
+    monkeypatch.setattr(W, "_GROUP_BYTES", len(solid_jpeg((8, 8), (0, 0, 0), quality=75)) + 1)
+    stats = ShardWriter(str(tmp_path)).write(3, [sample(i) for i in range(4)], [])
+    parquet = pq.ParquetFile(tmp_path / "00003.parquet")
+    assert stats["kept"] == 4 and parquet.metadata.num_row_groups == 4
