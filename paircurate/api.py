@@ -80,6 +80,7 @@ def run(cfg: PipelineConfig, overwrite: bool = False) -> RunSummary:
     files = plan_inputs(cfg.input)  # checked before anything in the output folder is touched
     out_dir = cfg.output.path
     check_retry_folder(out_dir, cfg, overwrite)
+    make_runner(cfg.runner.beam_args)  # a runner that cannot be made fails here, before the folder is touched
     _prepare_output(out_dir, files, cfg, overwrite)
     work = plan_work(out_dir, files, cfg.output.shard_size)
     if work.done:
@@ -204,7 +205,7 @@ def _refuse_to_delete(out_dir: str, files: list[InputFile], cfg: PipelineConfig)
     for what, path in protected:
         if inside(path):
             raise ConfigError(f"--overwrite would delete {out_dir}, which is or holds {what}; give -o a folder of its own")
-    needed = [f.path for f in files] + [p for p in (cfg.dedup.dedup_against, cfg.dedup.decontaminate_against) if p]
+    needed = [f.path for f in files] + list(cfg.blocklist.paths) + [p for p in (cfg.dedup.dedup_against, cfg.dedup.decontaminate_against) if p]
     for path in needed:
         if inside(path):
             raise ConfigError(f"--overwrite would delete {out_dir}, which holds {path}, an input of this run; move the input or choose another -o")

@@ -117,6 +117,10 @@ def expand_paths(patterns: tuple[str, ...] | list[str]) -> list[str]:
         for path in matches:
             if not os.path.isfile(path):
                 raise InputError(f"{path}: no such file")
+            try:
+                path.encode("utf-8")  # every record carries it as source_file
+            except UnicodeEncodeError:
+                raise InputError(f"{path!r}: the file name is not valid UTF-8; rename the file") from None
             paths.append(path)
     return paths
 

@@ -128,3 +128,20 @@ def test_every_bad_config_value_is_a_config_error_naming_the_key(tmp_path, capsy
     assert run(inputs, tmp_path / "out", "--config", str(config)) == 2
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_a_runner_beam_cannot_make_is_refused_before_the_folder_is_touched(tmp_path, capsys):
+    inputs = url_list(tmp_path / "in")
+    assert run(inputs, tmp_path / "out", "--runner", "NoSuchRunner") == 2
+    assert "--runner NoSuchRunner: Unexpected pipeline runner" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_overwrite_refuses_a_folder_holding_a_blocklist_of_the_run(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / OUTPUT_MARKER).write_text("")
+    blocklist = out / "block.txt"
+    blocklist.write_text("domain:example.com\n")
+    assert run(url_list(tmp_path / "in"), out, "--overwrite", "--blocklist", str(blocklist)) == 2
+    assert "an input of this run" in capsys.readouterr().err and blocklist.exists()

@@ -78,7 +78,20 @@ def make_runner(beam_args: tuple[str, ...]):
         return FnApiRunner(), options
     if requested in _DASK_RUNNERS:
         return _make_dask_runner(options)
+    _check_beam_runner(options.get_all_options().get("runner"))
     return None, options
+
+
+def _check_beam_runner(name: str) -> None:
+    """A runner name Beam cannot resolve is a ConfigError now, not a traceback once the run has started."""
+    from apache_beam.runners.runner import create_runner
+
+    try:
+        create_runner(name)
+    except ValueError as exc:
+        raise ConfigError(f"--runner {name}: {exc}") from None
+    except ImportError as exc:
+        raise ConfigError(f"--runner {name} needs a package that is not installed: {exc}") from None
 
 
 def keeps_shuffles_in_memory(runner) -> bool:
