@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 REJECTED = "rejected"
 METRICS_NAMESPACE = "paircurate"
 _DETAIL_CHARS = 500  # enough for a type and a message; a reject row is not a log file
+_LOGGED_PER_STEP = 10  # warnings per step instance; the rest are in the rejects (and at debug level)
 
 
 class StageOutputs(NamedTuple):
@@ -91,6 +92,7 @@ class RowIsolation:
         self.stage = stage
         self._to_output = to_output or (lambda row: beam.pvalue.TaggedOutput(REJECTED, row))
         self._counters: StageCounters | None = None
+        self._failures = 0
 
     def run(self, records: dict | list[dict], step: Callable[..., Iterable], *args, **kwargs) -> list:
         try:
@@ -101,7 +103,9 @@ class RowIsolation:
     def rejects(self, records: Any, exc: BaseException) -> list:
         batch = records if isinstance(records, list) else [records]
         detail = internal_error_detail(exc)
-        log.warning("%s: internal_error on %d record(s): %s", self.stage.value, len(batch), detail, exc_info=log.isEnabledFor(logging.DEBUG))
+        self._failures += 1
+        level = logging.WARNING if self._failures <= _LOGGED_PER_STEP else logging.DEBUG
+        log.log(level, "%s: internal_error on %d record(s): %s", self.stage.value, len(batch), detail, exc_info=log.isEnabledFor(logging.DEBUG))
         if self._counters is None:
             self._counters = StageCounters(self.stage)
         outputs = []
