@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
 
 from paircurate.filters.blocklist import load_blocklists
 from paircurate.filters.similarity import combined_threshold, resolve_threshold
@@ -26,7 +27,13 @@ from paircurate.pipeline.progress import PROGRESS_DIR, ProgressMonitor
 from paircurate.pipeline.read import InputFile, plan_inputs
 from paircurate.pipeline.score import CUTOFF_FILE
 from paircurate.pipeline.spool import SPOOL_DIR
-from paircurate.pipeline.stats import build_funnel, internal_error_summary, package_versions, read_shard_stats
+from paircurate.pipeline.stage import METRICS_NAMESPACE, stage_seconds
+from paircurate.pipeline.stats import (
+    build_funnel,
+    internal_error_summary,
+    package_versions,
+    read_shard_stats,
+)
 from paircurate.pipeline.write import completed_shards, shard_name
 from paircurate.release import finish_folder, utc
 from paircurate.retry import check_retry_folder, finish_retry, prepare_retry
@@ -86,14 +93,16 @@ def run(cfg: PipelineConfig, overwrite: bool = False) -> RunSummary:
     if work.done:
         log.info("resuming: %d of %d shards already complete in %s", len(work.done), work.num_shards, out_dir)
     retry = prepare_retry(out_dir, files, cfg, work)  # --retry-failed: the rows to re-attempt, and their new shards
+    timings = None
     if retry is not None:
         if retry.rows:
-            cfg = _run_passes(cfg, files, work, retry_rows=retry.rows)
+            cfg, timings = _run_passes(cfg, files, work, retry_rows=retry.rows)
         finish_retry(out_dir, retry)
     elif work.pending_rows:
-        cfg = _run_passes(cfg, files, work)
+        cfg, timings = _run_passes(cfg, files, work)
     shutil.rmtree(os.path.join(out_dir, SPOOL_DIR), ignore_errors=True)
     stats = _run_stats(out_dir, cfg, files, work, started)
+    stats["stage_seconds"] = timings
     # stats.json, report.html, datasheet.md and shardindex.json, from the folder as it now is
     finish_folder(out_dir, stats, report=cfg.runner.report, blocklist_entries=blocklists.entry_counts)
     return RunSummary(output=out_dir, stats=stats)
@@ -107,8 +116,14 @@ def plan_work(out_dir: str, files: list[InputFile], shard_size: int) -> WorkPlan
     return WorkPlan(input_rows, num_shards, done, pending_rows)
 
 
-def _run_passes(cfg: PipelineConfig, files: list[InputFile], work: WorkPlan, retry_rows: Mapping[int, int] | None = None) -> PipelineConfig:
-    """Run the pipeline over the pending shards, one pass after another; returns the config as resolved for the runner.
+def _run_passes(
+    cfg: PipelineConfig, files: list[InputFile], work: WorkPlan, retry_rows: Mapping[int, int] | None = None
+) -> tuple[PipelineConfig, dict | None]:
+    """Run the pipeline over the pending shards, one pass after another.
+
+    Returns the config as resolved for the runner, and the wall and CPU
+    seconds per stage over all passes (None where the runner reports no
+    metrics, as Beam's Dask runner does).
 
     ``retry_rows`` ({global input row: new shard}, from ``--retry-failed``):
     read only those rows, into those shards, instead of the pending shards.
@@ -127,6 +142,7 @@ def _run_passes(cfg: PipelineConfig, files: list[InputFile], work: WorkPlan, ret
         )
     all_shards = frozenset(range(work.num_shards))
     progress_dir = os.path.join(out_dir, PROGRESS_DIR)
+    counters: list[tuple[str, int]] | None = []
     with ProgressMonitor(progress_dir, total=total, enabled=cfg.runner.progress):
         for number, shards in enumerate(passes, start=1):
             if len(passes) > 1:
@@ -136,9 +152,22 @@ def _run_passes(cfg: PipelineConfig, files: list[InputFile], work: WorkPlan, ret
             rows = None if retry_rows is None else {g: s for g, s in retry_rows.items() if s in set(shards)}
             pipeline = beam.Pipeline(runner=runner, options=options)
             build_graph(pipeline, cfg, files, skip_shards=all_shards - set(shards), progress_dir=progress_dir, written_shards=written, rows=rows)
-            pipeline.run().wait_until_finish()
+            result = pipeline.run()
+            result.wait_until_finish()
+            counters = _timing_counters(result, counters)
     shutil.rmtree(progress_dir, ignore_errors=True)
-    return cfg
+    return cfg, None if counters is None else stage_seconds(counters)
+
+
+def _timing_counters(result, so_far: list[tuple[str, int]] | None) -> list[tuple[str, int]] | None:
+    """The stage timing counters of one pass added to those of earlier passes."""
+    if so_far is None:
+        return None
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]
+    except NotImplementedError:  # Beam's Dask runner collects no metrics
+        return None
+    return so_far + [(c.key.metric.name, c.committed if c.committed is not None else c.attempted) for c in found]
 
 
 def _refuse_in_worker_import() -> None:

@@ -7,14 +7,34 @@ process with ``download.processes = 1``).
 
 from __future__ import annotations
 
+import os
+
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 from paircurate.crawl.workers import FetchWorkers
 from paircurate.pipeline.progress import ProgressReporter
-from paircurate.pipeline.stage import REJECTED, IsolatedDoFn, StageCounters, StageOutputs
+from paircurate.pipeline.stage import (
+    CPU_US,
+    METRICS_NAMESPACE,
+    REJECTED,
+    IsolatedDoFn,
+    StageCounters,
+    StageOutputs,
+)
 from paircurate.schemas import records as R
 from paircurate.schemas.config import DownloadConfig, ImageConfig
 from paircurate.schemas.outcomes import Stage
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a live process (Linux ``/proc``); None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _in_global_window(output):
@@ -38,6 +58,8 @@ class _FetchBatchFn(IsolatedDoFn):
         self._download = StageCounters(Stage.DOWNLOAD)
         self._image = StageCounters(Stage.IMAGE)
         self._progress = ProgressReporter(self._progress_dir)
+        self._children_cpu = Metrics.counter(METRICS_NAMESPACE, f"{Stage.DOWNLOAD.value}.{CPU_US}")
+        self._children_cpu_seen: dict[int, float] = {}
 
     def start_bundle(self) -> None:
         self._in_flight = None  # (batch, future of its results)
@@ -61,6 +83,15 @@ class _FetchBatchFn(IsolatedDoFn):
             for output in self._finish(*in_flight):
                 yield _in_global_window(output)
         self._progress.flush()
+        self._count_children_cpu()
+
+    def _count_children_cpu(self) -> None:
+        """Add the download processes' CPU since the last call to the stage's CPU time."""
+        for pid in self._workers.worker_pids():
+            used = process_cpu_seconds(pid)
+            if used is not None:
+                self._children_cpu.inc(int((used - self._children_cpu_seen.get(pid, 0.0)) * 1e6))
+                self._children_cpu_seen[pid] = used
 
     def _submit(self, batch: list[dict]):
         yield self._workers.submit(batch)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from typing import Any, Callable, Iterable, NamedTuple
 
 import apache_beam as beam
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 REJECTED = "rejected"
 METRICS_NAMESPACE = "paircurate"
+WALL_US, CPU_US = "wall_us", "cpu_us"  # suffixes of the stage timing counters
 _DETAIL_CHARS = 500  # enough for a type and a message; a reject row is not a log file
 _LOGGED_PER_STEP = 10  # warnings per step instance; the rest are in the rejects (and at debug level)
 
@@ -53,6 +55,35 @@ class StageCounters:
             counter = Metrics.counter(METRICS_NAMESPACE, f"{self._stage.value}.rejected.{code}")
             self._rejected[code] = counter
         counter.inc()
+
+
+class StageTimer:
+    """Beam counters of the time a stage's steps take: wall and CPU, in microseconds.
+
+    CPU is the process's CPU while the step ran (``time.process_time``), so it
+    includes the threads a step runs on (torch's, for CLIP on CPU); the
+    download stage adds its worker processes' CPU itself.
+    """
+
+    def __init__(self, stage: Stage) -> None:
+        self._wall = Metrics.counter(METRICS_NAMESPACE, f"{stage.value}.{WALL_US}")
+        self._cpu = Metrics.counter(METRICS_NAMESPACE, f"{stage.value}.{CPU_US}")
+
+    def add(self, wall_seconds: float, cpu_seconds: float) -> None:
+        self._wall.inc(int(wall_seconds * 1e6))
+        self._cpu.inc(int(cpu_seconds * 1e6))
+
+
+def stage_seconds(counters: Iterable[tuple[str, int]]) -> dict[str, dict[str, float]]:
+    """``{stage: {"wall": s, "cpu": s}}`` from (counter name, value) pairs of a run's metrics."""
+    found: dict[str, dict[str, float]] = {}
+    for name, value in counters:
+        stage, _, kind = name.rpartition(".")
+        if kind in (WALL_US, CPU_US) and stage:
+            entry = found.setdefault(stage, {"wall": 0.0, "cpu": 0.0})
+            entry["wall" if kind == WALL_US else "cpu"] += value / 1e6
+    order = [s.value for s in Stage]
+    return {k: {kind: round(v, 4) for kind, v in found[k].items()} for k in sorted(found, key=lambda s: order.index(s) if s in order else len(order))}
 
 
 def internal_error_detail(exc: BaseException) -> str:
@@ -92,13 +123,24 @@ class RowIsolation:
         self.stage = stage
         self._to_output = to_output or (lambda row: beam.pvalue.TaggedOutput(REJECTED, row))
         self._counters: StageCounters | None = None
+        self._timer: StageTimer | None = None
+        self._depth = 0  # steps isolated inside a step are timed with it, not again
         self._failures = 0
 
     def run(self, records: dict | list[dict], step: Callable[..., Iterable], *args, **kwargs) -> list:
+        outermost = self._depth == 0
+        self._depth += 1
+        wall, cpu = time.perf_counter(), time.process_time()
         try:
             return list(step(*args, **kwargs))
         except Exception as exc:  # noqa: BLE001 - the point of isolation: recorded, never swallowed
             return self.rejects(records, exc)
+        finally:
+            self._depth -= 1
+            if outermost:
+                if self._timer is None:
+                    self._timer = StageTimer(self.stage)
+                self._timer.add(time.perf_counter() - wall, time.process_time() - cpu)
 
     def rejects(self, records: Any, exc: BaseException) -> list:
         batch = records if isinstance(records, list) else [records]

@@ -84,6 +84,11 @@ def test_every_row_is_kept_or_rejected_with_its_reason(served_inputs, tmp_path, 
     # The download ran in one process per core, without falling back to threads.
     assert got["stats"]["config"]["download"]["processes"] == default_processes()
     assert not [r for r in caplog.records if r.name == "paircurate.crawl.workers"], caplog.text
+    # Where the time went: every stage's steps were timed, the download's CPU includes its processes'.
+    timings = got["stats"]["stage_seconds"]
+    assert {"read", "caption", "download", "dedup", "write"} <= set(timings), timings
+    assert all(t["wall"] >= 0 and t["cpu"] >= 0 for t in timings.values()), timings
+    assert timings["download"]["wall"] > 0 and timings["download"]["cpu"] > 0.05 and timings["write"]["wall"] > 0, timings
     expected = served_inputs["expected"]
 
     outcome = {}

@@ -135,6 +135,9 @@ class _FailingWorkers:
     def __init__(self, *args) -> None:
         pass
 
+    def worker_pids(self) -> list[int]:
+        return []  # no processes: everything happens in submit
+
     def submit(self, batch):
         from concurrent.futures import Future
 
