@@ -13,9 +13,16 @@ human-readable ``detail``; callers turn it into a reject row. No Beam here.
 
 Semantics worth knowing:
 
-* ``cfg.deadline`` bounds the whole URL: every attempt, redirect hop, backoff
-  sleep and body byte. Per-attempt connect/read timeouts are capped by what is
-  left of it.
+* ``cfg.deadline`` bounds the whole URL: the DNS lookup, connect, TLS
+  handshake, status line, every header, redirect hop, retry, backoff sleep and
+  body byte. Per-attempt connect/read timeouts are capped by what is left of
+  it, and a watchdog thread shuts the request's socket down when the deadline
+  passes, so a server that drips one byte per second (which restarts every
+  per-read timeout) is cut off on time; lookups run on a helper thread that
+  is abandoned at the deadline.
+* After ``cfg.host_failure_limit`` consecutive connection failures or timeouts
+  on one host (``HostHealth``, shared by every thread and process of a
+  worker), its remaining URLs fail at once with ``host_unavailable``.
 * ``attempts`` in the result counts tries of the request (1 + retries used);
   redirect hops are not attempts. The retry budget ``cfg.retries`` is shared by
   the whole redirect chain, and a retry repeats the current hop, not the chain.
@@ -43,18 +50,25 @@ shared by every thread of the worker process):
 
 from __future__ import annotations
 
+import concurrent.futures
 import email.utils
+import heapq
 import http.client
+import ipaddress
+import itertools
 import logging
+import os
 import random
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import timezone
 from urllib.parse import urldefrag, urljoin
 
 import urllib3
+from paircurate.crawl.health import HostHealth
 from paircurate.crawl.politeness import (
     HostBusyError,
     HostLimiter,
@@ -84,7 +98,7 @@ from urllib3.util.connection import create_connection
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FetchContext", "FetchResult", "download_image", "make_pool", "parse_retry_after", "REDIRECT_STATUSES"]
+__all__ = ["FetchContext", "FetchResult", "download_image", "host_key", "make_pool", "parse_retry_after", "REDIRECT_STATUSES"]
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _OCTET_STREAM_TYPES = frozenset({"application/octet-stream", "binary/octet-stream"})
@@ -172,20 +186,25 @@ class FetchContext:
     context was made with.
     """
 
-    def __init__(self, cfg: DownloadConfig) -> None:
+    def __init__(self, cfg: DownloadConfig, health: HostHealth | None = None) -> None:
         self.allow_private_network = cfg.allow_private_network
         self.pool = _pool_manager(cfg)
         self.limiter = HostLimiter(cfg.per_domain_concurrency, cfg.per_domain_rps, adaptive=cfg.adaptive_concurrency)
         self.robots = RobotsCache()
+        # Shared with the worker's other processes when they pass theirs in.
+        self.health = health if health is not None else HostHealth(cfg.host_failure_limit)
 
     def clear(self) -> None:
         """Close pooled connections; limits and cached robots.txt rules stay."""
         self.pool.clear()
 
 
-def make_pool(cfg: DownloadConfig) -> FetchContext:
-    """The ``FetchContext`` for ``cfg.threads`` concurrent downloads (keep-alive pool, host limits, robots cache)."""
-    return FetchContext(cfg)
+def make_pool(cfg: DownloadConfig, health: HostHealth | None = None) -> FetchContext:
+    """The ``FetchContext`` for ``cfg.threads`` concurrent downloads (keep-alive pool, host limits, robots cache).
+
+    ``health``: the worker's ``HostHealth`` when several processes share one; a new one otherwise.
+    """
+    return FetchContext(cfg, health)
 
 
 def _pool_manager(cfg: DownloadConfig) -> urllib3.PoolManager:
@@ -213,10 +232,14 @@ def _pool_manager(cfg: DownloadConfig) -> urllib3.PoolManager:
         timeout=urllib3.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout),
         socket_options=socket_options,
     )
-    if not cfg.allow_private_network:
-        # The check has to sit where the socket is opened: a separate lookup
-        # before the request could get a different answer (DNS rebinding),
-        # and redirect hops open their connections here too.
+    # Sockets are opened by our own connection classes: the deadline's lookup
+    # and watch sit there, and so does the address check, which has to sit
+    # where the socket is opened: a separate lookup before the request could
+    # get a different answer (DNS rebinding), and redirect hops open their
+    # connections here too.
+    if cfg.allow_private_network:
+        manager.pool_classes_by_scheme = {"http": _WatchedHTTPConnectionPool, "https": _WatchedHTTPSConnectionPool}
+    else:
         manager.pool_classes_by_scheme = {"http": _GuardedHTTPConnectionPool, "https": _GuardedHTTPSConnectionPool}
     return manager
 
@@ -252,13 +275,13 @@ def _fetch(
     failures = 0
     robots_done = not check_robots
     while True:
-        host = _host_key(current)
+        host = host_key(current)
         if not robots_done:
             _check_robots(current, cfg, ctx, deadline_at)
             robots_done = True
         try:
             with ctx.limiter.slot(host, deadline_at):
-                outcome = _attempt(current, url, cfg, ctx.pool, deadline_at, purpose)
+                outcome = _attempt(current, url, cfg, ctx, deadline_at, purpose)
         except _RetryableError as err:
             failures += 1
             if err.retry_after is not None:
@@ -332,7 +355,7 @@ def _check_robots(url: str, cfg: DownloadConfig, ctx: FetchContext, deadline_at:
     parsed = parse_url(url)
     scheme = (parsed.scheme or "http").lower()
     port = parsed.port or (443 if scheme == "https" else 80)
-    origin = f"{scheme}://{_host_key(url)}:{port}"
+    origin = f"{scheme}://{host_key(url)}:{port}"
     robots_url = f"{scheme}://{parsed.netloc}/robots.txt"
 
     def load():
@@ -390,13 +413,49 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def _attempt(
-    url: str, original: str, cfg: DownloadConfig, pool: urllib3.PoolManager, deadline_at: float, purpose: _Purpose
+    url: str, original: str, cfg: DownloadConfig, ctx: FetchContext, deadline_at: float, purpose: _Purpose
 ) -> _Body | _Redirect:
-    """One request to ``url``: a body, a redirect to follow, or a RejectError."""
+    """One request to ``url``: a body, a redirect to follow, or a RejectError.
+
+    The request runs under a watch: at ``deadline_at`` the watchdog shuts its
+    socket down, whatever the thread is blocked in, and whatever that makes
+    the request fail with is reported as the deadline it is.
+    """
     where = "" if url == original else f" at {url}"
     left = deadline_at - time.monotonic()
     if left <= 0:
         raise RejectError(Reason.TIMEOUT, f"deadline of {cfg.deadline:g}s exceeded before requesting {url}")
+    host = host_key(url)
+    unavailable = ctx.health.unavailable(host)
+    if unavailable:
+        raise RejectError(Reason.HOST_UNAVAILABLE, f"{unavailable}{where}")
+    watch = _WATCHDOG.watch(deadline_at)
+    _CURRENT.watch = watch
+    try:
+        outcome = _attempt_watched(url, cfg, ctx, deadline_at, purpose, watch, where)
+    except RejectError as err:
+        if watch.fired:
+            err = RejectError(Reason.TIMEOUT, f"deadline of {cfg.deadline:g}s exceeded {watch.phase}{where}")
+        if err.reason in (Reason.CONNECTION_ERROR, Reason.TIMEOUT) and watch.phase == _BEFORE_ANSWER:
+            # No answer at all (refused, unresolvable, silent): one more sign the host is down.
+            ctx.health.failed(host, f"{err.reason.value}: {err.detail}")
+        if watch.fired:
+            raise err from None
+        raise
+    finally:
+        _CURRENT.watch = None
+        watch.finish()
+    if watch.fired:
+        # The socket was shut mid-body: what was read may look complete but is not.
+        raise RejectError(Reason.TIMEOUT, f"deadline of {cfg.deadline:g}s exceeded {watch.phase}{where}")
+    return outcome
+
+
+def _attempt_watched(
+    url: str, cfg: DownloadConfig, ctx: FetchContext, deadline_at: float, purpose: _Purpose, watch: "_Watch", where: str
+) -> _Body | _Redirect:
+    left = deadline_at - time.monotonic()
+    pool = ctx.pool
     timeout = urllib3.Timeout(
         total=left,
         connect=min(cfg.connect_timeout, left),
@@ -420,6 +479,15 @@ def _attempt(
     except Exception as exc:  # noqa: BLE001 - classified, never swallowed
         raise _classify(exc, where, deadline_at, cfg) from exc
 
+    if watch.fired:
+        # Cut while the headers were dripping in: http.client takes the EOF
+        # for their end, so this "response" is whatever arrived until then.
+        resp.close()
+        resp.release_conn()
+        raise _RetryableError(Reason.TIMEOUT, "cut off")
+    # The server answered: the host is up, whatever the status says.
+    ctx.health.answered(host_key(url))
+    watch.phase = _READING_BODY
     # Whether the connection may go back to the pool for reuse: only if the
     # body was read to its end. Anything else closes it first.
     clean = False
@@ -481,7 +549,7 @@ def _attempt(
     except Exception as exc:  # noqa: BLE001 - classified, never swallowed
         raise _classify(exc, where, deadline_at, cfg) from exc
     finally:
-        if not clean:
+        if not clean or watch.fired:
             # An unread or half-read body would be parsed as the next
             # response on this connection: close it before the pool sees it.
             resp.close()
@@ -598,9 +666,18 @@ def _loop_key(url: str) -> str:
     return urldefrag(url)[0]
 
 
-def _host_key(url: str) -> str:
-    # Per-host limits must not be dodged by case or a trailing dot.
-    return (parse_url(url).host or "").lower().rstrip(".")
+def host_key(url: str) -> str:
+    """The host a URL's per-host limits and failure count go by: lower case, no trailing dot, no brackets.
+
+    Per-host limits must not be dodged by case or a trailing dot
+    (``Example.COM.`` is ``example.com``). '' for a URL without a parsable host.
+    """
+    try:
+        host = parse_url(url).host or ""
+    except LocationValueError:
+        return ""
+    return host.lower().rstrip(".").strip("[]")
+
 
 
 def _retry_delay(err: _RetryableError, retry_index: int, cfg: DownloadConfig, left: float) -> float:
@@ -657,21 +734,171 @@ def _classify_exception(exc: Exception, where: str) -> RejectError:
 
 
 
-# -- the private-address guard -------------------------------------------------------
+# -- the deadline's clock ---------------------------------------------------------------
+
+_BEFORE_ANSWER = "before the status line and headers arrived"
+_READING_BODY = "while reading the body"
 
 
-def _connect_checked(conn: HTTPConnection) -> socket.socket:
-    """Resolve ``conn``'s host once, drop refused addresses, connect to one that passed.
+class _Watch:
+    """One attempt's sockets, shut down by the watchdog when its deadline passes."""
 
-    Used in place of urllib3's ``_new_conn`` so the address checked is the
-    address connected to. Raises ``RejectError(blocked_address)`` when every
-    address is refused, and urllib3's own exceptions for everything else.
+    def __init__(self, deadline_at: float) -> None:
+        self.deadline_at = deadline_at
+        self.phase = _BEFORE_ANSWER
+        self.fired = False
+        self.finished = False
+        self._lock = threading.Lock()
+        # Duplicates of the sockets' descriptors: the watch owns them, so a
+        # connection closed and its descriptor number reused by another
+        # thread can never be shut down by mistake.
+        self._socks: dict[int, socket.socket] = {}
+
+    def add(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        try:
+            fileno = sock.fileno()
+            if fileno < 0:
+                return
+            with self._lock:
+                if self.finished or fileno in self._socks:
+                    return
+                # fromfd dup()s the descriptor; works for TLS sockets too,
+                # which cannot be dup()ed as SSLSocket objects.
+                dup = socket.fromfd(fileno, sock.family, sock.type)
+                self._socks[fileno] = dup
+                if self.fired:
+                    _shut(dup)
+        except OSError:
+            pass  # already closed: nothing left to cut
+
+    def fire(self) -> None:
+        with self._lock:
+            if self.finished:
+                return
+            self.fired = True
+            for dup in self._socks.values():
+                # shutdown() acts on the connection, not the descriptor: a
+                # thread blocked in recv() on the original wakes up at once.
+                _shut(dup)
+
+    def finish(self) -> None:
+        with self._lock:
+            self.finished = True
+            socks, self._socks = list(self._socks.values()), {}
+        for dup in socks:
+            dup.close()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class _Watchdog:
+    """One thread per process that fires each watch at its deadline.
+
+    Per-read socket timeouts restart with every byte, so a server that drips
+    its status line or headers would outlive any deadline built from them
+    alone; closing the socket from another thread is the only way to stop a
+    thread blocked inside http.client or ssl.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Watch]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def watch(self, deadline_at: float) -> _Watch:
+        watch = _Watch(deadline_at)
+        with self._cond:
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                # A forked child inherits the object but not the thread.
+                self._heap = []
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="fetch-deadline", daemon=True)
+                self._thread.start()
+            heapq.heappush(self._heap, (deadline_at, next(self._order), watch))
+            if self._heap[0][2] is watch:
+                self._cond.notify()
+        return watch
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                while self._heap and (self._heap[0][0] <= now or self._heap[0][2].finished):
+                    _, _, watch = heapq.heappop(self._heap)
+                    watch.fire()  # no-op for a finished one
+                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+
+
+_WATCHDOG = _Watchdog()
+# The watch of the attempt running on this thread, for the connection classes below.
+_CURRENT = threading.local()
+
+
+def _current_watch() -> _Watch | None:
+    return getattr(_CURRENT, "watch", None)
+
+
+_DNS_THREADS = 16
+_dns_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_dns_pid = 0
+_dns_lock = threading.Lock()
+
+
+def _resolve(host: str, port: int) -> list:
+    """``getaddrinfo`` that gives up at the current attempt's deadline.
+
+    A lookup cannot be interrupted, so it runs on a helper thread that the
+    request stops waiting for (the lookup ends on its own, by the resolver's
+    timeouts). Numeric addresses need no lookup and no thread.
+    """
+    global _dns_pool, _dns_pid
+    watch = _current_watch()
+    try:
+        ipaddress.ip_address(host)
+        numeric = True
+    except ValueError:
+        numeric = False
+    if watch is None or numeric:
+        return socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
+    with _dns_lock:
+        if _dns_pool is None or _dns_pid != os.getpid():
+            _dns_pool = concurrent.futures.ThreadPoolExecutor(max_workers=_DNS_THREADS, thread_name_prefix="fetch-dns")
+            _dns_pid = os.getpid()
+        future = _dns_pool.submit(socket.getaddrinfo, host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
+    try:
+        return future.result(timeout=max(0.0, watch.deadline_at - time.monotonic()))
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise socket.timeout(f"DNS lookup of {host} did not finish before the deadline") from None
+
+
+# -- opening connections: the private-address guard and the watch ---------------------
+
+
+def _open_socket(conn: HTTPConnection, refuse_private: bool) -> socket.socket:
+    """Resolve ``conn``'s host once (bounded by the deadline), connect, and put the socket under watch.
+
+    Used in place of urllib3's ``_new_conn``. With ``refuse_private`` every
+    refused address is dropped and the address checked is the address
+    connected to; ``RejectError(blocked_address)`` when every address is
+    refused. urllib3's own exceptions for everything else.
     """
     host = conn._dns_host  # noqa: SLF001 - urllib3's unbracketed, dot-stripped host
     try:
-        infos = socket.getaddrinfo(host, conn.port, socket.AF_UNSPEC, socket.SOCK_STREAM)
+        infos = _resolve(host, conn.port)
     except socket.gaierror as exc:
         raise NameResolutionError(conn.host, conn, exc) from exc
+    except socket.timeout as exc:
+        raise ConnectTimeoutError(conn, str(exc)) from exc
     except UnicodeError:
         raise LocationParseError(f"{host!r}, label empty or too long") from None
 
@@ -683,7 +910,7 @@ def _connect_checked(conn: HTTPConnection) -> socket.socket:
     error: OSError | None = None
     for _family, _type, _proto, _name, sockaddr in infos:
         address = sockaddr[0]
-        why = blocked_address_reason(address)
+        why = blocked_address_reason(address) if refuse_private else None
         if why is not None:
             refused.append(f"{address} ({why})")
             continue
@@ -704,6 +931,11 @@ def _connect_checked(conn: HTTPConnection) -> socket.socket:
             error = exc
             continue
         sys.audit("http.client.connect", conn, conn.host, conn.port)
+        watch = _current_watch()
+        if watch is not None:
+            # Registered before TLS wraps it: the handshake is watched too
+            # (the TLS socket keeps this descriptor).
+            watch.add(sock)
         return sock
 
     if error is None:
@@ -716,16 +948,49 @@ def _connect_checked(conn: HTTPConnection) -> socket.socket:
     raise NewConnectionError(conn, f"Failed to establish a new connection: {error}") from error
 
 
-class _GuardedHTTPConnection(HTTPConnection):
+class _WatchedHTTPConnection(HTTPConnection):
+    refuse_private = False
+
     def _new_conn(self) -> socket.socket:
-        return _connect_checked(self)
+        return _open_socket(self, self.refuse_private)
+
+    def request(self, *args, **kwargs):  # noqa: ANN002, ANN003 - urllib3's signature, passed through
+        # A kept-alive connection was opened under an earlier watch.
+        watch = _current_watch()
+        if watch is not None:
+            watch.add(self.sock)
+        return super().request(*args, **kwargs)
 
 
-class _GuardedHTTPSConnection(HTTPSConnection):
-    # connect() wraps this socket in TLS with server_hostname = self.host, so
+class _WatchedHTTPSConnection(HTTPSConnection):
+    # connect() wraps the socket in TLS with server_hostname = self.host, so
     # SNI and certificate checks still use the name, not the address.
+    refuse_private = False
+
     def _new_conn(self) -> socket.socket:
-        return _connect_checked(self)
+        return _open_socket(self, self.refuse_private)
+
+    def request(self, *args, **kwargs):  # noqa: ANN002, ANN003
+        watch = _current_watch()
+        if watch is not None:
+            watch.add(self.sock)
+        return super().request(*args, **kwargs)
+
+
+class _GuardedHTTPConnection(_WatchedHTTPConnection):
+    refuse_private = True
+
+
+class _GuardedHTTPSConnection(_WatchedHTTPSConnection):
+    refuse_private = True
+
+
+class _WatchedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
 
 
 class _GuardedHTTPConnectionPool(HTTPConnectionPool):

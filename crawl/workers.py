@@ -20,7 +20,9 @@ Limits that the config states per worker (``per_domain_concurrency``,
 worker as a whole keeps them; a per-host concurrency below the number of
 processes cannot be divided, so then every host's URLs go to one process
 (chosen by a hash of the host name) with the host's whole limit. Each
-process reads robots.txt once per origin.
+process reads robots.txt once per origin. The count of failed attempts per
+host (``host_failure_limit``) is one table in shared memory for all of them
+(crawl/health.py), since a dead host's URLs land in every process.
 
 A child that dies (killed for memory, a crash in a native decoder) does not
 take its batch with it: the batch is retried one record per task in a fresh
@@ -41,9 +43,9 @@ import time
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
-from urllib.parse import urlsplit
 
-from paircurate.crawl.client import FetchContext, download_image, make_pool
+from paircurate.crawl.client import FetchContext, download_image, host_key, make_pool
+from paircurate.crawl.health import HostHealth
 from paircurate.dedup.perceptual import phash
 from paircurate.imaging.prepare import prepare_image
 from paircurate.schemas import records as R
@@ -120,20 +122,20 @@ def per_process_config(cfg: DownloadConfig, processes: int) -> DownloadConfig:
 
 
 def _host_of(record: dict) -> str:
-    try:
-        return urlsplit(record[R.URL]).hostname or ""
-    except ValueError:
-        return ""
+    # The fetcher's own host key: ``example.com.`` must not get a process
+    # (and so a per-host limit) of its own beside ``example.com``.
+    url = record.get(R.URL)
+    return host_key(url) if isinstance(url, str) else ""
 
 
 class _Fetcher:
     """Threads + connection pool of one process; the unit both modes run."""
 
-    def __init__(self, download_cfg: DownloadConfig, image_cfg: ImageConfig, with_phash: bool) -> None:
+    def __init__(self, download_cfg: DownloadConfig, image_cfg: ImageConfig, with_phash: bool, health: HostHealth) -> None:
         self.download_cfg = download_cfg
         self.image_cfg = image_cfg
         self.with_phash = with_phash
-        self.ctx = make_pool(download_cfg)
+        self.ctx = make_pool(download_cfg, health)
         self.threads = ThreadPoolExecutor(max_workers=download_cfg.threads, thread_name_prefix="fetch")
 
     def submit(self, record: dict) -> Future:
@@ -150,9 +152,9 @@ class _Fetcher:
 _CHILD: _Fetcher | None = None
 
 
-def _init_child(download_cfg: DownloadConfig, image_cfg: ImageConfig, with_phash: bool, owner_pid: int) -> None:
+def _init_child(download_cfg: DownloadConfig, image_cfg: ImageConfig, with_phash: bool, health: HostHealth, owner_pid: int) -> None:
     global _CHILD
-    _CHILD = _Fetcher(download_cfg, image_cfg, with_phash)
+    _CHILD = _Fetcher(download_cfg, image_cfg, with_phash, health)
     threading.Thread(target=_exit_without_owner, args=(owner_pid,), name="owner-watch", daemon=True).start()
 
 
@@ -233,6 +235,9 @@ class FetchWorkers:
         self._with_phash = with_phash
         self.processes = max(1, processes)
         self._by_host = routes_by_host(download_cfg, self.processes)
+        # One failure count per host for the whole worker: a dead host's URLs
+        # are spread over every process (see crawl/health.py).
+        self._health = HostHealth(download_cfg.host_failure_limit)
         self._local: _Fetcher | None = None
         self._pool: ProcessPoolExecutor | None = None
         if self.processes > 1:
@@ -248,7 +253,7 @@ class FetchWorkers:
                 )
                 self.processes, self._by_host = 1, False
         if self._pool is None:
-            self._local = _Fetcher(download_cfg, image_cfg, with_phash)
+            self._local = _Fetcher(download_cfg, image_cfg, with_phash, self._health)
 
     def _start_pool(self) -> ProcessPoolExecutor:
         ctx = multiprocessing.get_context("forkserver")
@@ -260,7 +265,7 @@ class FetchWorkers:
             max_workers=self.processes,
             mp_context=ctx,
             initializer=_init_child,
-            initargs=(per_process_config(self._download_cfg, self.processes), self._image_cfg, self._with_phash, os.getpid()),
+            initargs=(per_process_config(self._download_cfg, self.processes), self._image_cfg, self._with_phash, self._health, os.getpid()),
         )
         # Start every child now: a failure to start shows here, not mid-batch.
         list(pool.map(_child_ready, range(self.processes)))

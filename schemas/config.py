@@ -148,6 +148,9 @@ class DownloadConfig:
     opt_out_tags: tuple[str, ...] = ("noai", "noimageai")  # X-Robots-Tag values that mean "do not use"
     respect_robots_txt: bool = False
     robots_user_agent: str = "paircurate"
+    # Attempts in a row on one host that get no answer (refused, unresolvable,
+    # timed out) before its remaining URLs are rejected as host_unavailable; 0 = never.
+    host_failure_limit: int = 8
 
     def __post_init__(self) -> None:
         check_types(self, "download")
@@ -162,6 +165,7 @@ class DownloadConfig:
         check(self.per_domain_concurrency >= 1, "download.per_domain_concurrency must be >= 1")
         check(self.per_domain_rps >= 0, "download.per_domain_rps must be >= 0 (0 = unlimited)")
         check(self.retry_after_max >= 0, "download.retry_after_max must be >= 0")
+        check(self.host_failure_limit >= 0, "download.host_failure_limit must be >= 0 (0 = never give up on a host)")
 
 
 @dataclass(frozen=True)

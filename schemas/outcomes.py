@@ -48,8 +48,11 @@ class Reason(str, enum.Enum):
     OPTED_OUT = "opted_out"
     # download (url/prefix/domain entries, nothing fetched) or image (sha256/md5/phash entries)
     BLOCKLISTED = "blocklisted"
+    HOST_UNAVAILABLE = "host_unavailable"  # host_failure_limit attempts in a row got no answer
     # image
     DECODE_ERROR = "decode_error"
+    UNSUPPORTED_FORMAT = "unsupported_format"  # not in image.image_formats (EPS, PDF, TIFF, ...)
+    OUTPUT_TOO_LARGE = "output_too_large"  # the resize would produce more than image.max_output_pixels
     DECOMPRESSION_BOMB = "decompression_bomb"
     IMAGE_TOO_SMALL = "image_too_small"
     BAD_ASPECT_RATIO = "bad_aspect_ratio"

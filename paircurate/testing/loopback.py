@@ -22,6 +22,9 @@ Fault routes (query parameters in brackets):
 ``/fault/flaky/<n>/<id>`` [then]       500 for the first n requests of ``id``, then a PNG (or static route ``then``)
 ``/fault/slow`` [seconds=1]            sleeps, then a PNG
 ``/fault/drip`` [interval=0.5]         declares 1 MB of image/jpeg, sends one byte per interval, forever
+``/fault/drip-status`` [interval=0.5]  the status line ``HTTP/1.1 200 OK`` one byte per interval, then silence
+``/fault/drip-headers`` [interval=0.5] a status line, then a header one byte per interval, forever
+``/fault/silent``                      reads the request and never answers
 ``/fault/reset``                       headers + 1000 of 100000 bytes, then a TCP reset (SO_LINGER 0)
 ``/fault/truncated``                   Content-Length 100000, 1000 bytes, then a clean close
 ``/fault/html``                        a text/html page
@@ -292,6 +295,36 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(_JUNK[i % 256 : i % 256 + 1])
         return True
 
+    def _fault_drip_status(self, args: list[str], q: dict[str, str]) -> bool:
+        # Each byte restarts the client's read timeout; only a deadline ends this.
+        self._drip_raw(b"HTTP/1.1 200 OK\r\n", float(q.get("interval", "0.5")), forever=False)
+        return True
+
+    def _fault_drip_headers(self, args: list[str], q: dict[str, str]) -> bool:
+        self._drip_raw(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nX-Drip: ", float(q.get("interval", "0.5")), forever=True, first=30)
+        return True
+
+    def _fault_silent(self, args: list[str], q: dict[str, str]) -> bool:
+        # Reads the request and never answers, until the server stops.
+        self.close_connection = True
+        self.server.owner._stopping.wait()
+        return True
+
+    def _drip_raw(self, prefix: bytes, interval: float, *, forever: bool, first: int = 0) -> None:
+        """Write ``prefix`` (its first ``first`` bytes at once) then one byte per interval; ``forever`` goes on with 'a's."""
+        self._end_work()
+        self.close_connection = True
+        stopping = self.server.owner._stopping
+        self.wfile.write(prefix[:first])
+        i = first
+        while forever or i < len(prefix):
+            if stopping.wait(interval):
+                return
+            self.wfile.write(prefix[i : i + 1] if i < len(prefix) else b"a")
+            i += 1
+        # The status line never ends, so nothing after it matters.
+        stopping.wait()
+
     def _fault_reset(self, args: list[str], q: dict[str, str]) -> bool:
         self._head(200, "image/jpeg", {"Content-Length": str(_PARTIAL_DECLARED)})
         self.wfile.write(_JUNK[:_PARTIAL_SENT])
@@ -417,6 +450,9 @@ FAULT_ROUTES = {
     "flaky": _Handler._fault_flaky,  # /fault/flaky/N/ID: 500 for the first N requests of ID, then an image
     "slow": _Handler._fault_slow,  # ?seconds=
     "drip": _Handler._fault_drip,  # one body byte per ?interval=
+    "drip-status": _Handler._fault_drip_status,  # the status line, one byte per ?interval=
+    "drip-headers": _Handler._fault_drip_headers,  # status line, then a header that never ends, one byte per ?interval=
+    "silent": _Handler._fault_silent,  # reads the request, never answers
     "reset": _Handler._fault_reset,
     "truncated": _Handler._fault_truncated,
     "html": _Handler._fault_html,
