@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import logging
 import multiprocessing
 import os
@@ -46,20 +45,28 @@ from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 
 from paircurate.crawl.client import FetchContext, download_image, host_key, make_pool
 from paircurate.crawl.health import HostHealth
-from paircurate.dedup.perceptual import phash
+from paircurate.dedup.perceptual import phash_of_encoded
+from paircurate.imaging.budget import PixelBudget, decode_budget_pixels
 from paircurate.imaging.prepare import prepare_image
 from paircurate.schemas import records as R
 from paircurate.schemas.config import DownloadConfig, ImageConfig
 from paircurate.schemas.outcomes import Reason, RejectError, Stage
-from PIL import Image
 
 log = logging.getLogger(__name__)
 
 
-def fetch_and_prepare(record: dict, download_cfg: DownloadConfig, image_cfg: ImageConfig, ctx: FetchContext, with_phash: bool = False) -> dict:
+def fetch_and_prepare(
+    record: dict,
+    download_cfg: DownloadConfig,
+    image_cfg: ImageConfig,
+    ctx: FetchContext,
+    with_phash: bool = False,
+    budget: PixelBudget | None = None,
+) -> dict:
     """One record through download and image preparation.
 
     Returns the enriched record, or a reject row (it has a ``reason`` field).
+    ``budget``: the process's decoded-pixel budget, shared by its threads.
     """
     try:
         fetched = download_image(record[R.URL], download_cfg, ctx)
@@ -69,7 +76,7 @@ def fetch_and_prepare(record: dict, download_cfg: DownloadConfig, image_cfg: Ima
         log.exception("unexpected download failure for %s", record.get(R.URL))
         return R.make_reject(record, Stage.DOWNLOAD, Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
     try:
-        image = prepare_image(fetched.data, image_cfg)
+        image = prepare_image(fetched.data, image_cfg, budget)
     except RejectError as err:
         return R.make_reject(record, Stage.IMAGE, err.reason, err.detail)
     except Exception as exc:
@@ -77,9 +84,11 @@ def fetch_and_prepare(record: dict, download_cfg: DownloadConfig, image_cfg: Ima
         return R.make_reject(record, Stage.IMAGE, Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
     image_hash = None
     if with_phash:
-        # Hashed from the stored image, so copies at other resolutions compare alike.
-        with Image.open(io.BytesIO(image.data)) as stored:
-            image_hash = phash(stored.convert("RGB"))
+        try:
+            # Hashed from the stored image, so copies at other resolutions compare alike.
+            image_hash = phash_of_encoded(image.data, budget)
+        except Exception as exc:  # noqa: BLE001 - a hash that cannot be taken rejects this image, not the run
+            return R.make_reject(record, Stage.IMAGE, Reason.DECODE_ERROR, f"perceptual hash: {type(exc).__name__}: {exc}")
     out = dict(record)
     out.update(
         {
@@ -136,10 +145,12 @@ class _Fetcher:
         self.image_cfg = image_cfg
         self.with_phash = with_phash
         self.ctx = make_pool(download_cfg, health)
+        # The threads of this process decode at most this many pixels at once.
+        self.budget = PixelBudget(decode_budget_pixels(image_cfg))
         self.threads = ThreadPoolExecutor(max_workers=download_cfg.threads, thread_name_prefix="fetch")
 
     def submit(self, record: dict) -> Future:
-        return self.threads.submit(fetch_and_prepare, record, self.download_cfg, self.image_cfg, self.ctx, self.with_phash)
+        return self.threads.submit(fetch_and_prepare, record, self.download_cfg, self.image_cfg, self.ctx, self.with_phash, self.budget)
 
     def map(self, records: list[dict]) -> list[dict]:
         return [future.result() for future in [self.submit(r) for r in records]]

@@ -14,6 +14,7 @@ No Beam imports: the pipeline calls these inside its own transforms.
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -45,6 +46,18 @@ def phash(image: Image.Image) -> str:
     import imagehash  # here, not at the top: it pulls in scipy, which only the processes that hash need
 
     return str(imagehash.phash(image, hash_size=8))
+
+
+def phash_of_encoded(data: bytes, budget=None) -> str:
+    """pHash of encoded image bytes; raises what Pillow raises for bytes that do not decode.
+
+    ``budget``: a ``PixelBudget`` to hold while the pixels are decoded.
+    """
+    with Image.open(io.BytesIO(data)) as img:
+        if budget is None:
+            return phash(img.convert("RGB"))
+        with budget.hold(2 * img.width * img.height):  # the decode and its RGB copy
+            return phash(img.convert("RGB"))
 
 
 def hamming(a_hex: str, b_hex: str) -> int:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import io
 import logging
 import os
 
@@ -28,14 +27,13 @@ import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
 from paircurate.dedup.components import exact_pairs, resolve_duplicates
-from paircurate.dedup.perceptual import PhashIndex, pairs_within, phash, phash_bands
+from paircurate.dedup.perceptual import PhashIndex, pairs_within, phash_bands, phash_of_encoded
 from paircurate.imaging.prepare import prepare_image
 from paircurate.pipeline.stage import REJECTED, IsolatedDoFn, RowIsolation
 from paircurate.schemas import records as R
 from paircurate.schemas.config import DedupConfig, ImageConfig
 from paircurate.schemas.identity import normalize_url
 from paircurate.schemas.outcomes import Reason, Stage
-from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +128,7 @@ def load_eval_hashes(source: str, image_cfg: ImageConfig) -> list[tuple[str, str
 def _hashes_of(data: bytes, where: str, image_cfg: ImageConfig) -> tuple[str, str | None]:
     sha = hashlib.sha256(data).hexdigest()
     try:
-        prepared = prepare_image(data, image_cfg)
-        with Image.open(io.BytesIO(prepared.data)) as img:
-            return sha, phash(img.convert("RGB"))
+        return sha, phash_of_encoded(prepare_image(data, image_cfg).data)
     except Exception as exc:  # an unreadable eval image still matches by its bytes
         log.warning("evaluation image %s does not decode (%s); matching it by sha256 only", where, exc)
         return sha, None

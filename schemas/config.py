@@ -23,10 +23,11 @@ RESIZE_MODES = ("no", "border", "keep_ratio", "keep_ratio_largest", "center_crop
 ENCODE_FORMATS = ("jpg", "png", "webp")
 INPUT_FORMATS = ("auto", "parquet", "csv", "tsv", "jsonl", "txt")
 # Download failures that may go away on their own: what --retry-failed re-attempts by default.
-# host_unavailable is issue 14's dead-host cutoff; it joins the list once that code exists.
-DEFAULT_RETRY_REASONS = tuple(
-    code for code in ("timeout", "connection_error", "http_5xx", "http_429", "host_unavailable") if code in {r.value for r in Reason}
-)
+# host_unavailable: the host was given up on after host_failure_limit attempts without an answer.
+DEFAULT_RETRY_REASONS = ("timeout", "connection_error", "http_5xx", "http_429", "host_unavailable")
+# Image formats that Pillow decodes in-process (lower-case plugin names); the default allows the web's five.
+DECODABLE_IMAGE_FORMATS = ("jpeg", "png", "webp", "gif", "bmp", "tiff", "ico", "ppm", "tga")
+DEFAULT_IMAGE_FORMATS = ("jpeg", "png", "webp", "gif", "bmp")
 DEFAULT_USER_AGENT = "paircurate/0.1 (+https://github.com/paircurate/paircurate; dataset curation crawler)"
 
 
@@ -177,6 +178,12 @@ class ImageConfig:
     encode_format: str = "jpg"
     encode_quality: int = 95
     max_pixels: int = 89_478_485  # Pillow's own default bomb limit
+    # Formats decoded at all (Pillow plugin names, any case); anything else is
+    # unsupported_format before a decoder sees it. EPS/PS/PDF and other
+    # formats Pillow hands to outside programs are never allowed.
+    image_formats: tuple[str, ...] = DEFAULT_IMAGE_FORMATS
+    keep_metadata: bool = False  # keep EXIF/XMP/comments in images passed through unchanged
+    max_output_pixels: int = 4096 * 4096  # largest image any resize mode may produce
 
     def __post_init__(self) -> None:
         check_types(self, "image")
@@ -186,6 +193,14 @@ class ImageConfig:
         check(1 <= self.encode_quality <= 100, "image.encode_quality must be in 1..100")
         check(self.max_aspect_ratio == 0 or self.max_aspect_ratio >= 1, "image.max_aspect_ratio must be 0 (off) or >= 1")
         check(self.max_pixels > 0, "image.max_pixels must be > 0")
+        check(self.max_output_pixels > 0, "image.max_output_pixels must be > 0")
+        check(bool(self.image_formats), f"image.image_formats must name at least one of {DECODABLE_IMAGE_FORMATS}")
+        for name in self.image_formats:
+            check(
+                str(name).lower() in DECODABLE_IMAGE_FORMATS + ("jpg",),
+                f"image.image_formats: {name!r} is not one of {DECODABLE_IMAGE_FORMATS}"
+                + (" (its decoder runs an outside program and is never allowed)" if str(name).lower() in ("eps", "ps", "pdf", "wmf", "emf") else ""),
+            )
 
 
 @dataclass(frozen=True)

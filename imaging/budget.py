@@ -1,0 +1,65 @@
+"""A budget of decoded pixels shared by the threads of one process.
+
+    budget = PixelBudget(decode_budget_pixels(image_cfg))
+    with budget.hold(decoded_pixels + output_pixels):
+        ...  # decode, convert, resize, encode
+
+Every image is checked against ``max_pixels`` before a pixel is decoded, but
+32 threads each decoding an allowed 9400x9400 RGBA PNG would still need tens
+of GB. Holding a share of one budget while decoding makes the worst case a
+property of the config, not of the list: a process never has more than
+``capacity`` pixels decoded at once, whatever arrives. Images wait for their
+turn (they are never refused for it), and the capacity fits the largest
+image a config allows, so every allowed image gets its turn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Iterator
+
+from paircurate.schemas.config import ImageConfig
+
+__all__ = ["PixelBudget", "decode_budget_pixels", "BYTES_PER_PIXEL_PEAK"]
+
+# Peak bytes held per charged pixel while one image is prepared, measured by
+# bench/hostile_cases.py: Pillow stores RGB, RGBA, CMYK, I and F at 4 bytes a
+# pixel; the worst path (LA or P with transparency -> RGBA -> white-backed
+# RGB) holds three such buffers at once. Output pixels are charged too.
+BYTES_PER_PIXEL_PEAK = 12
+
+
+def decode_budget_pixels(cfg: ImageConfig) -> int:
+    """Pixels a process may hold decoded at once: one largest-allowed image and its largest output."""
+    return cfg.max_pixels + cfg.max_output_pixels
+
+
+class PixelBudget:
+    """A counting semaphore in pixels; a request above ``capacity`` is clamped to it (so it runs alone)."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"a pixel budget needs a capacity >= 1, got {capacity}")
+        self.capacity = capacity
+        self._free = capacity
+        self._cond = threading.Condition()
+
+    @property
+    def free(self) -> int:
+        with self._cond:
+            return self._free
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        pixels = min(max(int(pixels), 0), self.capacity)
+        with self._cond:
+            while self._free < pixels:
+                self._cond.wait()
+            self._free -= pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._free += pixels
+                self._cond.notify_all()
