@@ -46,7 +46,7 @@ from concurrent.futures.process import BrokenProcessPool, ProcessPoolExecutor
 from paircurate.crawl.client import FetchContext, download_image, host_key, make_pool
 from paircurate.crawl.health import HostHealth
 from paircurate.dedup.perceptual import phash_of_encoded
-from paircurate.imaging.budget import PixelBudget, decode_budget_pixels
+from paircurate.imaging.budget import PixelBudget, decode_budget_pixels, return_freed_pixels_to_the_system
 from paircurate.imaging.prepare import prepare_image
 from paircurate.schemas import records as R
 from paircurate.schemas.config import DownloadConfig, ImageConfig
@@ -145,8 +145,10 @@ class _Fetcher:
         self.image_cfg = image_cfg
         self.with_phash = with_phash
         self.ctx = make_pool(download_cfg, health)
-        # The threads of this process decode at most this many pixels at once.
+        # The threads of this process decode at most this many pixels at once,
+        # and what they free goes back to the system, not to per-thread heaps.
         self.budget = PixelBudget(decode_budget_pixels(image_cfg))
+        return_freed_pixels_to_the_system()
         self.threads = ThreadPoolExecutor(max_workers=download_cfg.threads, thread_name_prefix="fetch")
 
     def submit(self, record: dict) -> Future:

@@ -219,6 +219,11 @@ def _no_budget(pixels: int) -> Iterator[None]:
 
 
 def _exif_orientation(img: Image.Image) -> int | None:
+    if img.format == "PNG" and "exif" not in img.info:
+        # Pillow's PNG getexif() decodes the whole image to look for an eXIf
+        # chunk after the pixels: outside the pixel budget, and before the
+        # output size is checked. An orientation stored there is ignored.
+        return None
     try:
         return img.getexif().get(_ORIENTATION_TAG)
     except Exception:  # a broken EXIF block must not cost us the image
