@@ -271,3 +271,59 @@ def test_prepare_waits_for_its_share_of_the_budget():
     assert done.wait(10)
     thread.join()
     assert budget.free == budget.capacity
+
+
+_PEAK_SCRIPT = """
+import io, sys
+from PIL import Image
+from paircurate.imaging.budget import PixelBudget, decode_budget_pixels
+from paircurate.imaging.prepare import prepare_image
+from paircurate.schemas.config import ImageConfig
+mode, side = sys.argv[1], 3000
+colour = {"LA": (7, 200), "RGBA": (7, 8, 9, 200), "P": 7}[mode]
+extra = {"transparency": 0} if mode == "P" else {}
+out = io.BytesIO()
+Image.new(mode, (side, side), colour).save(out, "PNG", **extra)
+data = out.getvalue()
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+cfg = ImageConfig()
+budget = PixelBudget(decode_budget_pixels(cfg))
+before = status("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
+prepare_image(data, cfg, budget)
+print((status("VmHWM") - before) / (side * side + 256 * 256))
+"""
+
+
+@pytest.mark.parametrize("mode", ["LA", "RGBA", "P"])
+def test_bytes_per_charged_pixel_stay_within_the_documented_peak(mode, tmp_path):
+    # The README's worst case (12 bytes x the budget) rests on this constant.
+    import subprocess
+    import sys
+
+    from paircurate.imaging.budget import BYTES_PER_PIXEL_PEAK
+
+    proc = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, mode], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    per_pixel = float(proc.stdout.strip())
+    assert 2 < per_pixel <= BYTES_PER_PIXEL_PEAK + 0.5, per_pixel
+
+
+def test_new_options_reach_the_config_from_the_cli():
+    from paircurate.cli import build_config, make_parser
+
+    args, beam_args = make_parser().parse_known_args(
+        ["run", "x.csv", "-o", "out", "--image-formats", "jpeg,tiff", "--keep-metadata", "--max-output-pixels", "1000", "--host-failure-limit", "3"]
+    )
+    cfg = build_config(args, beam_args)
+    assert cfg.image.image_formats == ("jpeg", "tiff")
+    assert cfg.image.keep_metadata is True
+    assert cfg.image.max_output_pixels == 1000
+    assert cfg.download.host_failure_limit == 3
+    with pytest.raises(ConfigError, match="host_failure_limit"):
+        DownloadConfig(host_failure_limit=-1)
+    with pytest.raises(ConfigError, match="max_output_pixels"):
+        ImageConfig(max_output_pixels=0)

@@ -78,6 +78,21 @@ def test_a_dripped_status_line_is_not_retried_past_the_deadline(loopback_server)
     assert loopback_server.hits("/fault/drip-status") == 1
 
 
+def test_a_dripped_tls_handshake_ends_at_the_deadline():
+    # A TLS record header, then a record body one byte at a time: the
+    # handshake never completes and never goes quiet for a whole timeout.
+    # (CPython already bounds a whole handshake by the socket timeout, which
+    # is capped by the deadline; the watchdog is the second line here.)
+    host = SilentHost(drip=b"\x16\x03\x03\x40\x00" + b"\x02" * 200)
+    try:
+        err, elapsed = give_up(f"https://127.0.0.1:{host.port}/x.jpg", cfg(deadline=2.0, connect_timeout=1.0))
+    finally:
+        host.close()
+    assert err.reason is Reason.TIMEOUT
+    assert "deadline of 2s exceeded" in err.detail
+    assert 1.9 <= elapsed <= 2.0 + MARGIN
+
+
 def test_a_watched_connection_still_serves_the_next_request(loopback_server):
     # The watch on a kept-alive connection ends with its request: the next
     # request on the same connection is not cut by an old deadline.
@@ -97,9 +112,13 @@ def test_a_watched_connection_still_serves_the_next_request(loopback_server):
 
 
 class SilentHost:
-    """Accepts every connection and never sends a byte: a host that is up but dead."""
+    """Accepts every connection and never sends a byte: a host that is up but dead.
 
-    def __init__(self) -> None:
+    With ``drip``, sends those bytes one every 0.2 s on each connection instead.
+    """
+
+    def __init__(self, drip: bytes = b"") -> None:
+        self.drip = drip
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(512)
@@ -117,6 +136,17 @@ class SilentHost:
             except (socket.timeout, OSError):
                 continue
             self.accepted.append(conn)
+            if self.drip:
+                threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        for i in range(len(self.drip)):
+            if self._stop.wait(0.2):
+                return
+            try:
+                conn.sendall(self.drip[i : i + 1])
+            except OSError:
+                return
 
     def close(self) -> None:
         self._stop.set()
