@@ -91,7 +91,7 @@ _RUN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--shard-size", "output.shard_size", dict(type=int, help="input rows per shard (default: 10000)")),
     ("--blocklist", "blocklist.paths", dict(nargs="+", metavar="FILE", help="text or Parquet lists of url:/prefix:/domain:/sha256:/md5:/phash: entries; matching rows are rejected as blocklisted (URL entries before any request)")),
     ("--retry-failed", "runner.retry_failed", dict(action="store_const", const=True, help="re-attempt only the rows of the existing OUT rejected for a --retry-reasons reason; recovered rows become new shards")),
-    ("--retry-reasons", "runner.retry_reasons", dict(metavar="REASONS", help="comma-separated reason codes --retry-failed re-attempts (default: timeout,connection_error,http_5xx,http_429)")),
+    ("--retry-reasons", "runner.retry_reasons", dict(metavar="REASONS", help="comma-separated reason codes --retry-failed re-attempts (default: timeout,connection_error,http_5xx,http_429,host_unavailable)")),
     ("--max-error-rate", "runner.max_error_rate", dict(type=float, help="share of rows that may end as internal_error; above it the run still writes everything, then exits with status 3 (default: 0.01)")),
     ("--rows-per-pass", "runner.rows_per_pass", dict(type=int, help="input rows per pass of the pipeline, in whole shards; bounds memory on one machine (default 0: 500,000 on the in-process runner, one pass elsewhere)")),
 ]
