@@ -39,19 +39,40 @@ def _host_hash(host: str) -> int:
     return value if value not in (_EMPTY, _TOMBSTONE) else 1
 
 
+class _LocalTable:
+    """The part of ``multiprocessing.Array``'s interface used here, for one process."""
+
+    def __init__(self, length: int) -> None:
+        self._raw = (ctypes.c_int64 * length)()
+        self._lock = threading.Lock()
+
+    def get_lock(self) -> threading.Lock:
+        return self._lock
+
+    def get_obj(self):  # noqa: ANN201 - a ctypes array
+        return self._raw
+
+
 class HostHealth:
     """Consecutive failed attempts per host; ``limit`` of them in a row and the host is given up on (0: never)."""
 
-    def __init__(self, limit: int, slots: int = 1 << 16) -> None:
+    def __init__(self, limit: int, slots: int = 1 << 16, *, shared: bool = False) -> None:
+        """``shared``: in shared memory, for child processes (passed to them at their start); else this process only."""
         self.limit = limit
         self.slots = slots
-        # [key0, count0, key1, count1, ...]; the Array's lock guards every read-modify-write.
-        self._table = multiprocessing.get_context("forkserver").Array(ctypes.c_int64, 2 * slots, lock=True)
+        # [key0, count0, key1, count1, ...]; the lock guards every read-modify-write.
+        if shared:
+            self._table = multiprocessing.get_context("forkserver").Array(ctypes.c_int64, 2 * slots, lock=True)
+        else:
+            # No semaphore, no resource-tracker process for a table no other process sees.
+            self._table = _LocalTable(2 * slots)
         self._overflow: dict[str, int] = {}
         self._overflow_lock = threading.Lock()
 
     def __getstate__(self) -> dict:
         # Only the shared table travels to a child process; overflow counts stay local.
+        if isinstance(self._table, _LocalTable):
+            raise TypeError("this HostHealth is local to its process: make it with shared=True to pass it to others")
         return {"limit": self.limit, "slots": self.slots, "table": self._table}
 
     def __setstate__(self, state: dict) -> None:

@@ -250,7 +250,7 @@ class FetchWorkers:
         self._by_host = routes_by_host(download_cfg, self.processes)
         # One failure count per host for the whole worker: a dead host's URLs
         # are spread over every process (see crawl/health.py).
-        self._health = HostHealth(download_cfg.host_failure_limit)
+        self._health = HostHealth(download_cfg.host_failure_limit, shared=self.processes > 1)
         self._local: _Fetcher | None = None
         self._pool: ProcessPoolExecutor | None = None
         if self.processes > 1:

@@ -229,7 +229,7 @@ def _fail_in_child(health: HostHealth, host: str, times: int) -> None:
 
 
 def test_the_count_is_shared_between_processes():
-    health = HostHealth(limit=8)
+    health = HostHealth(limit=8, shared=True)
     context = multiprocessing.get_context("forkserver")
     children = [context.Process(target=_fail_in_child, args=(health, "dead.example", 4)) for _ in range(2)]
     for child in children:
@@ -242,13 +242,22 @@ def test_the_count_is_shared_between_processes():
     assert health.failures("alive.example") == 0
 
 
-def test_many_hosts_fill_the_table_without_losing_counts():
-    health = HostHealth(limit=2, slots=64)
+@pytest.mark.parametrize("shared", [False, True])
+def test_many_hosts_fill_the_table_without_losing_counts(shared):
+    health = HostHealth(limit=2, slots=64, shared=shared)
     hosts = [f"h{i}.example" for i in range(500)]
     for host in hosts:
         health.failed(host)
         health.failed(host)
     assert all(health.unavailable(host) for host in hosts)
+    assert not health.unavailable("other.example")
+
+
+def test_a_local_table_refuses_to_travel():
+    import pickle
+
+    with pytest.raises(TypeError, match="shared=True"):
+        pickle.dumps(HostHealth(limit=8))
 
 
 # -- one host key for the router, the limiter and the failure count ----------------------
