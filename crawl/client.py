@@ -58,6 +58,7 @@ import ipaddress
 import itertools
 import logging
 import os
+import queue
 import random
 import socket
 import sys
@@ -847,33 +848,57 @@ def _current_watch() -> _Watch | None:
     return getattr(_CURRENT, "watch", None)
 
 
-_DNS_THREADS = 16
-_dns_pool: concurrent.futures.ThreadPoolExecutor | None = None
-_dns_pid = 0
-_dns_lock = threading.Lock()
+class _Resolver:
+    """``getaddrinfo`` on a few daemon threads, so a caller can stop waiting at its deadline.
+
+    A lookup cannot be interrupted; the caller abandons it instead, and the
+    lookup ends on its own by the resolver's timeouts. Daemon threads, so a
+    lookup still hanging never holds up the process's exit.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self._threads = threads
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._started_in = 0  # pid: a forked child starts its own threads
+
+    def submit(self, host: str, port: int) -> concurrent.futures.Future:
+        with self._lock:
+            if self._started_in != os.getpid():
+                self._queue = queue.SimpleQueue()
+                for i in range(self._threads):
+                    threading.Thread(target=self._serve, args=(self._queue,), name=f"fetch-dns-{i}", daemon=True).start()
+                self._started_in = os.getpid()
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((future, host, port))
+        return future
+
+    @staticmethod
+    def _serve(jobs: queue.SimpleQueue) -> None:
+        while True:
+            future, host, port = jobs.get()
+            if not future.set_running_or_notify_cancel():
+                continue  # its caller gave up before the lookup began
+            try:
+                future.set_result(socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller as the lookup's outcome
+                future.set_exception(exc)
+
+
+_RESOLVER = _Resolver(threads=16)
 
 
 def _resolve(host: str, port: int) -> list:
-    """``getaddrinfo`` that gives up at the current attempt's deadline.
-
-    A lookup cannot be interrupted, so it runs on a helper thread that the
-    request stops waiting for (the lookup ends on its own, by the resolver's
-    timeouts). Numeric addresses need no lookup and no thread.
-    """
-    global _dns_pool, _dns_pid
+    """``getaddrinfo`` that gives up at the current attempt's deadline (a ``socket.timeout``)."""
     watch = _current_watch()
     try:
         ipaddress.ip_address(host)
         numeric = True
     except ValueError:
         numeric = False
-    if watch is None or numeric:
+    if watch is None or numeric:  # numeric addresses need no lookup and no thread
         return socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
-    with _dns_lock:
-        if _dns_pool is None or _dns_pid != os.getpid():
-            _dns_pool = concurrent.futures.ThreadPoolExecutor(max_workers=_DNS_THREADS, thread_name_prefix="fetch-dns")
-            _dns_pid = os.getpid()
-        future = _dns_pool.submit(socket.getaddrinfo, host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
+    future = _RESOLVER.submit(host, port)
     try:
         return future.result(timeout=max(0.0, watch.deadline_at - time.monotonic()))
     except concurrent.futures.TimeoutError:

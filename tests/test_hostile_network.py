@@ -93,6 +93,19 @@ def test_a_dripped_tls_handshake_ends_at_the_deadline():
     assert 1.9 <= elapsed <= 2.0 + MARGIN
 
 
+def test_a_dns_lookup_that_never_ends_is_abandoned_at_the_deadline(loopback_server, monkeypatch):
+    # A resolver with no threads never answers: the stand-in for a DNS server
+    # that does not reply. Name lookups go through it; the deadline must still hold.
+    import paircurate.crawl.client as client
+
+    monkeypatch.setattr(client, "_RESOLVER", client._Resolver(threads=0))
+    err, elapsed = give_up(f"http://localhost:{loopback_server.port}/x.jpg", cfg(deadline=1.0, connect_timeout=5.0))
+    assert err.reason is Reason.TIMEOUT
+    assert "deadline" in err.detail  # the lookup's own timeout or the watchdog, whichever came first
+    assert 0.9 <= elapsed <= 1.0 + MARGIN
+    assert loopback_server.hits("/x.jpg") == 0
+
+
 def test_a_watched_connection_still_serves_the_next_request(loopback_server):
     # The watch on a kept-alive connection ends with its request: the next
     # request on the same connection is not cut by an old deadline.
