@@ -106,18 +106,19 @@ def test_a_dns_lookup_that_never_ends_is_abandoned_at_the_deadline(loopback_serv
     assert loopback_server.hits("/x.jpg") == 0
 
 
-def test_a_watched_connection_still_serves_the_next_request(loopback_server):
-    # The watch on a kept-alive connection ends with its request: the next
-    # request on the same connection is not cut by an old deadline.
+def test_a_finished_watch_never_cuts_the_next_request_on_its_connection(loopback_server):
+    # Request 1's deadline passes while request 2, on the same kept-alive
+    # connection, waits for its slow headers: only request 2's own deadline counts.
     loopback_server.add("/a.png", FAULT_IMAGE, "image/png")
-    config = cfg(deadline=0.8)
-    ctx = make_pool(config)
+    ctx = make_pool(cfg())
     try:
-        for _ in range(3):
-            assert download_image(loopback_server.url("/a.png"), config, ctx).data == FAULT_IMAGE
-            time.sleep(0.5)  # together longer than one deadline
+        first_started = time.monotonic()
+        assert download_image(loopback_server.url("/a.png"), cfg(deadline=2.0), ctx).data == FAULT_IMAGE
+        second = download_image(loopback_server.url("/fault/slow?seconds=3"), cfg(deadline=20.0, read_timeout=10.0), ctx)
+        assert time.monotonic() - first_started > 2.0  # request 1's deadline passed during request 2
     finally:
         ctx.clear()
+    assert second.data == FAULT_IMAGE
     assert loopback_server.connections == 1
 
 
