@@ -677,7 +677,7 @@ def host_key(url: str) -> str:
         host = parse_url(url).host or ""
     except LocationValueError:
         return ""
-    return host.lower().rstrip(".").strip("[]")
+    return host.lower().strip("[]").rstrip(".")
 
 
 

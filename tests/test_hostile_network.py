@@ -290,3 +290,16 @@ def test_host_key_of_junk_is_empty():
     assert host_key("http://[::1/") == ""
     assert _host_of({R.URL: "http://[::1/"}) == ""
     assert host_key("http://[::1]:8080/x") == "::1"
+
+
+from hypothesis import given, settings  # noqa: E402 - grouped with the property test that uses it
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(max_size=200), st.builds(lambda h, p: f"http://{h}/{p}", st.text(max_size=60), st.text(max_size=20))))
+def test_host_key_of_any_string_is_a_string(url):
+    key = host_key(url)
+    assert isinstance(key, str)
+    assert key == key.lower() and not key.endswith(".")
+    assert _host_of({R.URL: url}) == key
