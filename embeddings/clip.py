@@ -8,15 +8,24 @@
 
 Every caller (pipeline, demo, tests, benchmarks) goes through :func:`load_clip`,
 so all of them build the model the same way: ``open_clip.create_model_and_transforms``
-with a checkpoint *file* that has already been found on disk. Nothing here
-downloads unless asked to (``allow_download=True``): a pretrained tag is looked
-up in the Hugging Face / open_clip caches only, and a miss raises
-:class:`ModelLoadError` saying how to provide weights.
+with a checkpoint *file* that has already been found on disk.
+
+Weights on first use: :func:`resolve_weights` looks a pretrained tag or an
+``hf-hub:`` repo up in the Hugging Face cache (``HF_HOME`` / ``HF_HUB_CACHE``)
+first and, unless offline (``offline=True`` or ``HF_HUB_OFFLINE=1``), fetches
+the missing files from ``HF_ENDPOINT`` with ``huggingface_hub.hf_hub_download``
+(progress bar, ``HF_TOKEN``, the standard cache layout). Before that it asks
+the hub once, with a short timeout and no retries, whether the file is there:
+huggingface_hub itself retries an unreachable endpoint for ~23 s per file, and
+open_clip tries two file names per tag. The pipeline calls it on the driver
+before the run starts, so workers find the files in the cache.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -47,8 +56,30 @@ _HF_WEIGHTS_NAME = "open_clip_pytorch_model.bin"
 _HF_SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"
 
 
+# One request, no retries: long enough for a slow hub, short enough to fail fast.
+PROBE_TIMEOUT_S = 8.0
+_TRUE_VALUES = {"1", "on", "yes", "true"}
+
+
 class ModelLoadError(RuntimeError):
-    """A CLIP model or its weights could not be found or loaded."""
+    """A CLIP model or its weights could not be found or loaded.
+
+    The first line of the message says what and how to fix it (the command
+    line prints only that line); further lines, if any, list every way to
+    provide weights.
+    """
+
+
+def hub_offline(offline: bool = False) -> bool:
+    """True when nothing may be fetched: ``offline`` asked for, or ``HF_HUB_OFFLINE`` set as huggingface_hub reads it."""
+    return offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE_VALUES
+
+
+def hub_endpoint() -> str:
+    """The hub that files are fetched from (``HF_ENDPOINT``, else huggingface.co)."""
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
 def register_tiny_config() -> None:
@@ -141,7 +172,7 @@ def load_clip(
     allow_download: bool = False,
     batch_size: int = 256,
 ) -> ClipModel:
-    """Build a CLIP model for inference from weights already on this machine.
+    """Build a CLIP model for inference, from the local cache (or fetched first when ``allow_download``).
 
     ``pretrained`` is one of
       - an open_clip pretrained tag (``"laion2b_s34b_b79k"``), found in the HF hub
@@ -153,12 +184,13 @@ def load_clip(
       - ``"paircurate-tiny"``, the checkpoint in ``embeddings/assets/``;
       - ``None`` for random weights (benchmarks and tests only).
 
-    ``device``: ``"auto"`` takes CUDA when present; a CUDA request without a GPU
-    falls back to CPU with a log line. ``precision``: ``"auto"`` runs CUDA
+    ``device``: ``"auto"`` takes CUDA when present; ``"cuda"`` without a GPU
+    raises :class:`ModelLoadError`. ``precision``: ``"auto"`` runs CUDA
     under bf16 (fp16 where bf16 is unsupported) autocast and CPU in fp32;
     ``"fp16"``/``"bf16"`` force that autocast dtype, ``"fp32"`` disables it.
-    The weights stay fp32 either way. ``allow_download=True`` lets open_clip
-    fetch a tag that is not cached (machines with network only).
+    The weights stay fp32 either way. ``allow_download=True`` fetches a tag or
+    ``hf-hub:`` repo that is not cached yet (see :func:`resolve_weights`);
+    it is ignored under ``HF_HUB_OFFLINE=1``.
 
         >>> clip = load_clip("paircurate-tiny", "paircurate-tiny", device="cpu")
     """
@@ -171,7 +203,7 @@ def load_clip(
 
     if pretrained is None and model_name.startswith((LOCAL_DIR_PREFIX, HF_HUB_PREFIX)):
         model_name, pretrained = "", model_name
-    source = _resolve_weights(model_name, pretrained, cache_dir, allow_download)
+    source = resolve_weights(model_name, pretrained, cache_dir=cache_dir, offline=not allow_download)
 
     log.info("loading CLIP %s from %s on %s (autocast %s)", source.open_clip_name, source.describe(),
              torch_device, autocast_dtype or "off")
@@ -207,27 +239,54 @@ def load_clip(
 
 
 @dataclass(frozen=True)
-class _WeightSource:
+class WeightSource:
+    """Where a model's weights lie on this machine, and how open_clip is to build it."""
+
     open_clip_name: str  # what create_model_and_transforms gets as model_name
     checkpoint: str | None  # a file on disk, or None (random init / weights inside a local-dir)
     create_kwargs: dict[str, Any] = field(default_factory=dict)
     origin: str = ""
+    downloaded: bool = False  # fetched by this call (False: found on disk)
 
     def describe(self) -> str:
         return self.origin or (self.checkpoint or "random initialisation")
 
+    @property
+    def embed_dim(self) -> int:
+        """Size of the image embedding, read from the model config (no model is built)."""
+        if self.open_clip_name.startswith(LOCAL_DIR_PREFIX):
+            folder = Path(self.open_clip_name[len(LOCAL_DIR_PREFIX):])
+            config = json.loads((folder / _HF_CONFIG_NAME).read_text()).get("model_cfg", {})
+        else:
+            config = open_clip.get_model_config(self.open_clip_name) or {}
+        return int(config.get("embed_dim", 0))
+
+
+def resolve_weights(model_name: str, pretrained: str | None, *, cache_dir: str | None = None,
+                    offline: bool = False, timeout: float = PROBE_TIMEOUT_S) -> WeightSource:
+    """Find the weights on this machine, fetching them into the HF cache on first use.
+
+    Offline (``offline=True`` or ``HF_HUB_OFFLINE=1``) nothing is requested
+    from the network: a cache miss raises :class:`ModelLoadError`. Online, a
+    miss is fetched from ``HF_ENDPOINT`` after one short probe request, so an
+    unreachable hub or a missing file fails within ``timeout`` seconds.
+
+        >>> resolve_weights("ViT-B-32", "laion2b_s34b_b79k").checkpoint   # downloads once, then cached
+    """
+    return _resolve_weights(model_name, pretrained, cache_dir, not hub_offline(offline), timeout)
+
 
 def _resolve_weights(model_name: str, pretrained: str | None, cache_dir: str | None,
-                     allow_download: bool) -> _WeightSource:
+                     allow_download: bool, timeout: float = PROBE_TIMEOUT_S) -> WeightSource:
     if not pretrained:
         model_name = model_name.replace("/", "-")
         _require_known_model(model_name)
         log.warning("no pretrained weights requested for CLIP %s: using random initialisation", model_name)
-        return _WeightSource(model_name, None, origin="random initialisation")
+        return WeightSource(model_name, None, origin="random initialisation")
     if pretrained.startswith(LOCAL_DIR_PREFIX):
         return _local_dir_source(pretrained[len(LOCAL_DIR_PREFIX):], origin=pretrained)
     if pretrained.startswith(HF_HUB_PREFIX):
-        return _hf_hub_source(pretrained[len(HF_HUB_PREFIX):], cache_dir)
+        return _hf_hub_source(pretrained[len(HF_HUB_PREFIX):], cache_dir, allow_download, timeout)
     if pretrained == TINY_MODEL:
         if model_name != TINY_MODEL:
             raise ModelLoadError(f"pretrained={TINY_MODEL!r} only fits model_name={TINY_MODEL!r}, got {model_name!r}")
@@ -236,12 +295,12 @@ def _resolve_weights(model_name: str, pretrained: str | None, cache_dir: str | N
                 f"the bundled {TINY_MODEL} checkpoint is missing: {TINY_CHECKPOINT_PATH}; rebuild it with "
                 f"`python -m paircurate.embeddings.train_tiny --out {TINY_CHECKPOINT_PATH}`"
             )
-        return _WeightSource(TINY_MODEL, str(TINY_CHECKPOINT_PATH))
+        return WeightSource(TINY_MODEL, str(TINY_CHECKPOINT_PATH))
 
     model_name = model_name.replace("/", "-")  # "ViT-B/32" is open_clip's "ViT-B-32"
     _require_known_model(model_name)
     if os.path.isfile(pretrained):
-        return _WeightSource(model_name, pretrained)
+        return WeightSource(model_name, pretrained)
     if _looks_like_path(pretrained):
         raise ModelLoadError(f"checkpoint file not found: {pretrained}\n{_how_to_provide(model_name)}")
 
@@ -255,18 +314,23 @@ def _resolve_weights(model_name: str, pretrained: str | None, cache_dir: str | N
     kwargs = _tag_create_kwargs(model_name, tag_cfg)
     cached = _cached_tag_file(tag_cfg, cache_dir)
     if cached is not None:
-        return _WeightSource(model_name, cached, kwargs, origin=f"tag {pretrained!r} ({cached})")
-    if allow_download:
-        return _WeightSource(model_name, pretrained, kwargs, origin=f"tag {pretrained!r} (download allowed)")
-    wanted = tag_cfg.get("hf_hub") or tag_cfg.get("url") or "?"
+        return WeightSource(model_name, cached, kwargs, origin=f"tag {pretrained!r} ({cached})")
+    hub = tag_cfg.get("hf_hub") or ""
+    label = f"CLIP {model_name} / {pretrained}"
+    if allow_download and hub:
+        repo_id, filename = os.path.split(hub)
+        found = _fetch_from_hub(repo_id, _hub_weight_names(filename or _HF_WEIGHTS_NAME), cache_dir, timeout, label)
+        return WeightSource(model_name, found, kwargs, origin=f"tag {pretrained!r} ({found})", downloaded=True)
+    wanted = hub or tag_cfg.get("url") or "?"
+    why = "offline (--offline or HF_HUB_OFFLINE=1)" if hub else "it has no hub location"
     raise ModelLoadError(
-        f"weights for {model_name!r} / {pretrained!r} are not in the local cache (looked for {wanted} in "
-        f"{cache_dir or 'the default Hugging Face hub cache and ~/.cache/clip'}) and downloading is off.\n"
+        f"weights for {label} are not in the local cache ({wanted} in {_cache_label(cache_dir)}) and {why}: "
+        f"run once with network (without --offline) to fetch them, or give a checkpoint file or local-dir:\n"
         f"{_how_to_provide(model_name, tag_cfg)}"
     )
 
 
-def _local_dir_source(folder: str, origin: str) -> _WeightSource:
+def _local_dir_source(folder: str, origin: str) -> WeightSource:
     path = Path(folder).expanduser()
     if not path.is_dir():
         raise ModelLoadError(f"{origin}: folder not found\n{_how_to_provide('')}")
@@ -279,16 +343,78 @@ def _local_dir_source(folder: str, origin: str) -> _WeightSource:
             f"{origin}: no weights file ({', '.join(CHECKPOINT_SUFFIXES)}) next to {_HF_CONFIG_NAME}\n"
             f"{_how_to_provide('')}"
         )
-    return _WeightSource(f"{LOCAL_DIR_PREFIX}{path}", None, origin=f"{origin} ({', '.join(sorted(weights))})")
+    return WeightSource(f"{LOCAL_DIR_PREFIX}{path}", None, origin=f"{origin} ({', '.join(sorted(weights))})")
 
 
-def _hf_hub_source(repo_id: str, cache_dir: str | None) -> _WeightSource:
-    # open_clip's own hf-hub: path asks the Hub first; instead use the cached
-    # snapshot folder, which has exactly the local-dir: layout.
+def _hf_hub_source(repo_id: str, cache_dir: str | None, allow_download: bool, timeout: float) -> WeightSource:
+    # open_clip's own hf-hub: path asks the Hub on every load; instead use the
+    # cached snapshot folder, which has exactly the local-dir: layout.
     config = _hf_cached(repo_id, _HF_CONFIG_NAME, cache_dir)
-    if config is None:
-        raise ModelLoadError(f"hf-hub:{repo_id} is not in the local Hugging Face cache\n{_how_to_provide('')}")
-    return _local_dir_source(str(Path(config).parent), origin=f"hf-hub:{repo_id}")
+    weights = next((w for w in (_HF_SAFE_WEIGHTS_NAME, _HF_WEIGHTS_NAME) if _hf_cached(repo_id, w, cache_dir)), None)
+    downloaded = False
+    if config is None or weights is None:
+        label = f"CLIP hf-hub:{repo_id}"
+        if not allow_download:
+            raise ModelLoadError(
+                f"weights for {label} are not in the local cache ({_cache_label(cache_dir)}) and offline "
+                f"(--offline or HF_HUB_OFFLINE=1): run once with network to fetch them, or give local-dir:\n"
+                f"{_how_to_provide('')}"
+            )
+        config = _fetch_from_hub(repo_id, [_HF_CONFIG_NAME], cache_dir, timeout, label)
+        _fetch_from_hub(repo_id, [_HF_SAFE_WEIGHTS_NAME, _HF_WEIGHTS_NAME], cache_dir, timeout, label)
+        downloaded = True
+    source = _local_dir_source(str(Path(config).parent), origin=f"hf-hub:{repo_id}")
+    return dataclasses.replace(source, downloaded=downloaded)
+
+
+def _fetch_from_hub(repo_id: str, names: list[str], cache_dir: str | None, timeout: float, label: str) -> str:
+    """Download the first of ``names`` the hub has into the HF cache; ModelLoadError within ~``timeout`` s otherwise."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError
+
+    endpoint = hub_endpoint()
+    for name in names:
+        cached = _hf_cached(repo_id, name, cache_dir)
+        if cached:
+            return cached
+        url = hf_hub_url(repo_id, name, endpoint=endpoint)
+        try:
+            # One HEAD, no retries: says quickly whether the hub answers and has the file.
+            get_hf_file_metadata(url, timeout=timeout, retry_on_errors=False)
+        except EntryNotFoundError:
+            continue  # open_clip's next file name for the same weights
+        except GatedRepoError as exc:
+            raise ModelLoadError(f"weights for {label}: {repo_id} on {endpoint} is gated; accept its terms on the hub "
+                                 f"and set HF_TOKEN ({type(exc).__name__})") from exc
+        except RepositoryNotFoundError as exc:
+            raise ModelLoadError(f"weights for {label}: repository {repo_id} not found on {endpoint} "
+                                 f"(private repositories need HF_TOKEN)") from exc
+        except Exception as exc:
+            raise ModelLoadError(
+                f"weights for {label}: cannot reach {endpoint} to fetch {repo_id}/{name} "
+                f"({type(exc).__name__}: {_first_line(exc)}); check the network or HF_ENDPOINT, "
+                f"or use --offline with weights already in {_cache_label(cache_dir)}"
+            ) from exc
+        log.warning("downloading %s: %s/%s from %s into %s", label, repo_id, name, endpoint, _cache_label(cache_dir))
+        try:
+            return hf_hub_download(repo_id, name, cache_dir=cache_dir, endpoint=endpoint, etag_timeout=timeout)
+        except Exception as exc:
+            raise ModelLoadError(f"weights for {label}: download of {repo_id}/{name} from {endpoint} failed "
+                                 f"({type(exc).__name__}: {_first_line(exc)})") from exc
+    raise ModelLoadError(f"weights for {label}: {repo_id} on {endpoint} has none of {', '.join(names)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def _cache_label(cache_dir: str | None) -> str:
+    if cache_dir:
+        return cache_dir
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
 
 
 def _tag_create_kwargs(model_name: str, tag_cfg: dict) -> dict[str, Any]:
@@ -364,7 +490,7 @@ def _how_to_provide(model_name: str, tag_cfg: dict | None = None) -> str:
     repo = os.path.split(hub)[0] if hub else "<org>/<repo>"
     name = model_name or "<model>"
     return (
-        "How to provide weights (paircurate never downloads them unless allow_download=True):\n"
+        "How to provide weights (fetched on first use unless offline):\n"
         f"  1. a local checkpoint file: load_clip({name!r}, '/path/to/weights.safetensors') (.safetensors, .pt, .pth, .bin);\n"
         "  2. a local folder: load_clip(name, 'local-dir:/path/to/folder'), the folder holding "
         f"{_HF_CONFIG_NAME} and {_HF_SAFE_WEIGHTS_NAME} (or {_HF_WEIGHTS_NAME});\n"
@@ -382,9 +508,14 @@ def _pick_device(device: str) -> torch.device:
         return torch.device("cpu")
     requested = torch.device(device)
     if requested.type == "cuda" and not torch.cuda.is_available():
-        log.warning("CLIP device %r requested but CUDA is not available: falling back to CPU", device)
-        return torch.device("cpu")
+        raise ModelLoadError(f"CLIP device {device!r} requested but CUDA is not available here: "
+                             "use --device cpu (or auto)")
     return requested
+
+
+def check_device(device: str) -> str:
+    """The device ``device`` means on this machine ("cpu"/"cuda"); ModelLoadError for CUDA without a GPU."""
+    return _pick_device(device).type
 
 
 def _pick_autocast(device: torch.device, precision: str) -> torch.dtype | None:
@@ -397,6 +528,6 @@ def _pick_autocast(device: torch.device, precision: str) -> torch.dtype | None:
     if precision == "bf16":
         return torch.bfloat16
     if precision == "fp16":
-        # Reached after a CUDA -> CPU fallback too; fp16 autocast on CPU is slow and partly unsupported.
+        # fp16 autocast on CPU is slow and partly unsupported.
         log.warning("fp16 autocast is not used on CPU: running CLIP in fp32")
     return None
