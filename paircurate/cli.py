@@ -81,6 +81,11 @@ _RUN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--clip-batch-size", "clip.batch_size", dict(type=int, help="images per CLIP batch (default: 128)")),
     ("--clip-threshold", "clip.threshold", dict(type=float, help="reject pairs scoring below (default: the model's published value)")),
     ("--clip-top-percent", "clip.top_percent", dict(type=float, help="keep the top P%% of the run by CLIP score")),
+    ("--offline", "clip.offline", dict(action="store_const", const=True, help="never fetch model weights or heads: local cache, files and local-dir: only (same as HF_HUB_OFFLINE=1)")),
+    ("--aesthetic-head", "clip.aesthetic_head", dict(help="aesthetic head on the CLIP image embedding: PATH, URL or auto (the published LAION head for the CLIP weights in use); adds aesthetic_score")),
+    ("--min-aesthetic", "clip.min_aesthetic", dict(type=float, help="reject images whose aesthetic_score is below (low_aesthetic)")),
+    ("--safety-head", "clip.safety_head", dict(help="NSFW head on the CLIP image embedding: PATH, URL or auto (LAION's CLIP-based NSFW detector for ViT-L/14 openai); adds punsafe")),
+    ("--max-punsafe", "clip.max_punsafe", dict(type=float, help="reject images whose punsafe is above (unsafe); LAION used 0.5")),
     ("--no-dedup-exact", "dedup.exact", dict(action="store_const", const=False, help="keep exact duplicates (same URL or same image bytes)")),
     ("--no-dedup-perceptual", "dedup.perceptual", dict(action="store_const", const=False, help="keep perceptual (pHash) near-duplicates")),
     ("--phash-threshold", "dedup.phash_threshold", dict(type=int, help="pHash Hamming distance counted as a copy (default: 4)")),
@@ -133,7 +138,7 @@ def build_config(args: argparse.Namespace, beam_args: list[str]) -> PipelineConf
         overrides["runner.progress"] = False
     if getattr(args, "no_report", False):
         overrides["runner.report"] = False
-    if any(k.startswith("clip.") and k not in ("clip.enabled", "clip.device") for k in overrides) and "clip.enabled" not in overrides:
+    if any(k.startswith("clip.") and k not in ("clip.enabled", "clip.device", "clip.offline") for k in overrides) and "clip.enabled" not in overrides:
         overrides["clip.enabled"] = True  # naming a model or threshold means "score"
     return cfg.with_overrides(overrides)
 

@@ -213,10 +213,22 @@ class ClipConfig:
     batch_size: int = 128
     threshold: float | None = None  # None: the model's published default
     top_percent: float | None = None
+    offline: bool = False  # never fetch weights or heads; the cache, files and local-dir: only (also HF_HUB_OFFLINE=1)
+    # Heads on the CLIP image embedding: PATH, URL or "auto" (the published head
+    # for the CLIP weights in use); "" = off.
+    aesthetic_head: str = ""
+    min_aesthetic: float | None = None  # reject below (low_aesthetic)
+    safety_head: str = ""
+    max_punsafe: float | None = None  # reject above (unsafe); LAION used 0.5
 
     def __post_init__(self) -> None:
         check_types(self, "clip")
         check(self.device in ("auto", "cpu", "cuda"), f"clip.device must be auto, cpu or cuda, got {self.device!r}")
+        check(self.min_aesthetic is None or bool(self.aesthetic_head),
+              "clip.min_aesthetic needs an aesthetic head: give --aesthetic-head PATH|URL|auto")
+        check(self.max_punsafe is None or bool(self.safety_head),
+              "clip.max_punsafe needs a safety head: give --safety-head PATH|URL|auto")
+        check(self.max_punsafe is None or 0 <= self.max_punsafe <= 1, "clip.max_punsafe must be in [0, 1]")
         check(self.precision in ("auto", "fp32", "fp16", "bf16"), f"clip.precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
         check(self.batch_size >= 1, "clip.batch_size must be >= 1")
         check(self.top_percent is None or 0 < self.top_percent <= 100, "clip.top_percent must be in (0, 100]")
