@@ -390,6 +390,10 @@ def _fetch_from_hub(repo_id: str, names: list[str], cache_dir: str | None, timeo
             raise ModelLoadError(f"weights for {label}: repository {repo_id} not found on {endpoint} "
                                  f"(private repositories need HF_TOKEN)") from exc
         except Exception as exc:
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            if status is not None:
+                raise ModelLoadError(f"weights for {label}: {endpoint} answered HTTP {status} for {repo_id}/{name}; "
+                                     "check HF_TOKEN and HF_ENDPOINT, or try again later") from exc
             raise ModelLoadError(
                 f"weights for {label}: cannot reach {endpoint} to fetch {repo_id}/{name} "
                 f"({type(exc).__name__}: {_first_line(exc)}); check the network or HF_ENDPOINT, "

@@ -25,7 +25,7 @@ from paircurate.filters.similarity import combined_threshold, resolve_threshold
 from paircurate.pipeline.graph import build_graph
 from paircurate.pipeline.progress import PROGRESS_DIR, ProgressMonitor
 from paircurate.pipeline.read import InputFile, plan_inputs
-from paircurate.pipeline.score import CUTOFF_FILE
+from paircurate.pipeline.score import CUTOFF_FILE, prepare_scoring
 from paircurate.pipeline.spool import SPOOL_DIR
 from paircurate.pipeline.stage import METRICS_NAMESPACE, stage_seconds
 from paircurate.pipeline.stats import (
@@ -84,6 +84,9 @@ def run(cfg: PipelineConfig, overwrite: bool = False) -> RunSummary:
     cfg.validate_for_run()
     blocklists = load_blocklists(cfg.blocklist.paths)  # a bad list stops the run here, naming file and line
     started = time.time()
+    # Device, weights (fetched on first use) and heads before anything else starts:
+    # a wrong name or an unreachable hub ends the run here, in one line.
+    scoring = prepare_scoring(cfg.clip) if cfg.clip.enabled else {}
     files = plan_inputs(cfg.input)  # checked before anything in the output folder is touched
     out_dir = cfg.output.path
     check_retry_folder(out_dir, cfg, overwrite)
@@ -101,7 +104,7 @@ def run(cfg: PipelineConfig, overwrite: bool = False) -> RunSummary:
     elif work.pending_rows:
         cfg, timings = _run_passes(cfg, files, work)
     shutil.rmtree(os.path.join(out_dir, SPOOL_DIR), ignore_errors=True)
-    stats = _run_stats(out_dir, cfg, files, work, started)
+    stats = _run_stats(out_dir, cfg, files, work, started, scoring)
     stats["stage_seconds"] = timings
     # stats.json, report.html, datasheet.md and shardindex.json, from the folder as it now is
     finish_folder(out_dir, stats, report=cfg.runner.report, blocklist_entries=blocklists.entry_counts)
@@ -258,6 +261,8 @@ def _clip_stats(cfg: PipelineConfig, out_dir: str) -> dict:
         "clip_threshold": threshold,
         "clip_threshold_source": source,
         "clip_top_percent": cfg.clip.top_percent,
+        "min_aesthetic": cfg.clip.min_aesthetic,
+        "max_punsafe": cfg.clip.max_punsafe,
     }
     cutoff_path = os.path.join(out_dir, CUTOFF_FILE)
     if cfg.clip.top_percent is not None and os.path.exists(cutoff_path):
@@ -268,7 +273,8 @@ def _clip_stats(cfg: PipelineConfig, out_dir: str) -> dict:
     return stats
 
 
-def _run_stats(out_dir: str, cfg: PipelineConfig, files: list[InputFile], work: WorkPlan, started: float) -> dict:
+def _run_stats(out_dir: str, cfg: PipelineConfig, files: list[InputFile], work: WorkPlan, started: float,
+               scoring: dict) -> dict:
     shard_stats = read_shard_stats(out_dir)
     funnel = build_funnel(shard_stats, work.input_rows)
     stats = {
@@ -284,6 +290,7 @@ def _run_stats(out_dir: str, cfg: PipelineConfig, files: list[InputFile], work: 
         "config": cfg.to_dict(),
         "versions": package_versions(),
         **_clip_stats(cfg, out_dir),
+        **scoring,  # where the weights and heads came from
     }
     return stats
 

@@ -2,8 +2,12 @@
 
     scored = kept | "Clip" >> ScoreClip(cfg.clip, out_dir)
 
-The model is loaded once per worker in ``setup()``; ``BatchElements`` forms
-the batches. A fixed threshold filters as records stream by. A top-percent
+Before the pipeline starts, :func:`prepare_scoring` resolves the device, the
+weights (fetched into the Hugging Face cache on first use) and the heads on
+the driver, so a wrong name or an unreachable hub ends the command at once.
+The model and heads are loaded once per worker in ``setup()`` from that cache;
+``BatchElements`` forms the batches. The aesthetic and safety heads run on the
+image embeddings the batch has already computed. A fixed threshold filters as records stream by. A top-percent
 filter needs the run's score distribution: Beam computes approximate
 quantiles of all scores and the filter reads the cutoff as a side input, so
 no score is ever collected in the driver.
@@ -18,6 +22,7 @@ import os
 
 import apache_beam as beam
 import numpy as np
+from paircurate.filters.heads import check_aesthetic, check_punsafe
 from paircurate.filters.similarity import (
     check_clip_score,
     combined_threshold,
@@ -26,7 +31,7 @@ from paircurate.filters.similarity import (
 )
 from paircurate.pipeline.stage import REJECTED, IsolatedDoFn, StageCounters, StageOutputs
 from paircurate.schemas import records as R
-from paircurate.schemas.config import ClipConfig
+from paircurate.schemas.config import ClipConfig, UserError
 from paircurate.schemas.outcomes import Stage
 from PIL import Image
 
@@ -36,8 +41,31 @@ CUTOFF_FILE = "_clip_cutoff.json"  # the top-percent cutoff, written when the ru
 _QUANTILES = 1001  # 0.1 % resolution for --clip-top-percent
 
 
+def prepare_scoring(cfg: ClipConfig) -> dict:
+    """Driver side, before the pipeline: device, weights (fetched on first use) and heads, checked together.
+
+    Returns facts for ``stats.json``. Any problem is a :class:`UserError` of
+    one line that names the model and weights (or the head) and how to fix it.
+    """
+    from paircurate.embeddings.clip import ModelLoadError, check_device, resolve_weights
+    from paircurate.embeddings.heads import AESTHETIC, SAFETY, load_head_for_run
+
+    try:
+        device = check_device(cfg.device)
+        source = resolve_weights(cfg.model, cfg.pretrained, offline=cfg.offline)
+        facts = {"clip_device": device, "clip_weights": source.describe(), "clip_embed_dim": source.embed_dim}
+        for kind, spec in ((AESTHETIC, cfg.aesthetic_head), (SAFETY, cfg.safety_head)):
+            if spec:
+                head = load_head_for_run(kind, spec, cfg.model, cfg.pretrained, source.embed_dim, offline=cfg.offline)
+                facts[f"{kind}_head"] = {"source": head.source, "layout": head.layout, "sha256": head.sha256}
+    except ModelLoadError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(first) from None
+    return facts
+
+
 class _ClipScoreFn(IsolatedDoFn):
-    """Adds ``clip_score`` and both embeddings to every record of a batch."""
+    """Adds ``clip_score``, both embeddings and the heads' scores to every record of a batch."""
 
     STAGE = Stage.CLIP
 
@@ -46,8 +74,20 @@ class _ClipScoreFn(IsolatedDoFn):
 
     def setup(self) -> None:
         from paircurate.embeddings.clip import load_clip
+        from paircurate.embeddings.heads import AESTHETIC, SAFETY, load_head_for_run
 
-        self._clip = load_clip(self._cfg.model, self._cfg.pretrained, device=self._cfg.device, precision=self._cfg.precision, batch_size=self._cfg.batch_size)
+        cfg = self._cfg
+        # The driver has already placed the weights in this machine's cache; a
+        # cluster worker without them fetches once (unless offline).
+        self._clip = load_clip(cfg.model, cfg.pretrained, device=cfg.device, precision=cfg.precision,
+                               batch_size=cfg.batch_size, allow_download=not cfg.offline)
+        self._heads = {
+            field: load_head_for_run(kind, spec, cfg.model, cfg.pretrained, self._clip.embed_dim,
+                                     offline=cfg.offline).to(self._clip.device)
+            for field, kind, spec in ((R.AESTHETIC_SCORE, AESTHETIC, cfg.aesthetic_head), (R.PUNSAFE, SAFETY, cfg.safety_head))
+            if spec
+        }
+        self._first_batch_logged = False
 
     def process_record(self, batch: list[dict]):
         images, usable = [], []
@@ -72,25 +112,40 @@ class _ClipScoreFn(IsolatedDoFn):
         image_emb = self._clip.encode_images(images)
         text_emb = self._clip.encode_texts([r.get(R.CAPTION) or "" for r in usable])
         scores = np.einsum("ij,ij->i", image_emb, text_emb)
-        for record, score, img_vec, txt_vec in zip(usable, scores, image_emb, text_emb, strict=True):
+        head_scores = {field: head(image_emb) for field, head in self._heads.items()}
+        for i, (record, score, img_vec, txt_vec) in enumerate(zip(usable, scores, image_emb, text_emb, strict=True)):
             out = dict(record)
             out[R.CLIP_SCORE] = float(score)
+            for field, values in head_scores.items():
+                out[field] = float(values[i])
             out[R.IMAGE_EMBEDDING] = img_vec.astype(np.float16)
             out[R.TEXT_EMBEDDING] = txt_vec.astype(np.float16)
             yield out
+        if not self._first_batch_logged:
+            # Benchmarks time "first scored batch" from this line (-v).
+            log.info("CLIP: first batch scored (%d images)", len(usable))
+            self._first_batch_logged = True
 
 
 class _ScoreFilterFn(IsolatedDoFn):
+    """Safety first (an unsafe image leaves as ``unsafe`` whatever its other scores), then CLIP score, then aesthetics."""
+
     STAGE = Stage.CLIP
 
-    def __init__(self, threshold: float | None) -> None:
+    def __init__(self, threshold: float | None, cfg: ClipConfig) -> None:
         self._threshold = threshold
+        self._max_punsafe = cfg.max_punsafe
+        self._min_aesthetic = cfg.min_aesthetic
 
     def setup(self) -> None:
         self._counters = StageCounters(Stage.CLIP)
 
     def process_record(self, record: dict, cutoff: float | None = None):
-        decision = check_clip_score(record[R.CLIP_SCORE], combined_threshold(self._threshold, cutoff))
+        decision = check_punsafe(record.get(R.PUNSAFE), self._max_punsafe)
+        if decision.keep:
+            decision = check_clip_score(record[R.CLIP_SCORE], combined_threshold(self._threshold, cutoff))
+        if decision.keep:
+            decision = check_aesthetic(record.get(R.AESTHETIC_SCORE), self._min_aesthetic)
         if decision.keep:
             self._counters.kept()
             yield record
@@ -133,7 +188,7 @@ class ScoreClip(beam.PTransform):
             | "Score" >> beam.ParDo(_ClipScoreFn(self._cfg)).with_outputs(REJECTED, main="scored")
         )
         if self._cfg.top_percent is None:
-            filtered = scored.scored | "Threshold" >> beam.ParDo(_ScoreFilterFn(threshold)).with_outputs(REJECTED, main="kept")
+            filtered = scored.scored | "Threshold" >> beam.ParDo(_ScoreFilterFn(threshold, self._cfg)).with_outputs(REJECTED, main="kept")
         else:
             cutoff = (
                 scored.scored
@@ -142,7 +197,7 @@ class ScoreClip(beam.PTransform):
                 | "Cutoff" >> beam.ParDo(_RecordCutoff(self._out, self._cfg.top_percent))
             )
             filtered = scored.scored | "TopPercent" >> beam.ParDo(
-                _ScoreFilterFn(threshold), cutoff=beam.pvalue.AsSingleton(cutoff, default_value=None)
+                _ScoreFilterFn(threshold, self._cfg), cutoff=beam.pvalue.AsSingleton(cutoff, default_value=None)
             ).with_outputs(REJECTED, main="kept")
         rejected = (scored[REJECTED], filtered[REJECTED]) | "FlattenClipRejects" >> beam.Flatten()
         return StageOutputs(filtered.kept, rejected)

@@ -58,6 +58,8 @@ class Reason(str, enum.Enum):
     BAD_ASPECT_RATIO = "bad_aspect_ratio"
     # clip
     LOW_CLIP_SCORE = "low_clip_score"
+    UNSAFE = "unsafe"  # safety head's punsafe above --max-punsafe
+    LOW_AESTHETIC = "low_aesthetic"  # aesthetic head's score below --min-aesthetic
     # dedup
     DUPLICATE_EXACT = "duplicate_exact"
     DUPLICATE_PHASH = "duplicate_phash"

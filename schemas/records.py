@@ -45,6 +45,8 @@ HTTP_STATUS = "http_status"
 DOWNLOAD_SECONDS = "download_seconds"
 
 CLIP_SCORE = "clip_score"
+AESTHETIC_SCORE = "aesthetic_score"  # --aesthetic-head output (LAION scale, roughly 1-10)
+PUNSAFE = "punsafe"  # --safety-head output: probability the image is NSFW
 IMAGE_EMBEDDING = "image_embedding"  # in flight only; written to {shard}.img.npy
 TEXT_EMBEDDING = "text_embedding"  # in flight only; written to {shard}.txt.npy
 PHASH = "phash"
@@ -83,6 +85,8 @@ _IMAGE_FIELDS: list[pa.Field] = [
 _SCORE_FIELDS: list[pa.Field] = [
     pa.field(CLIP_SCORE, pa.float32()),  # null when CLIP scoring is off
     pa.field(PHASH, pa.string()),  # null when perceptual dedup is off
+    pa.field(AESTHETIC_SCORE, pa.float32()),  # null without --aesthetic-head
+    pa.field(PUNSAFE, pa.float32()),  # null without --safety-head
 ]
 
 
@@ -121,6 +125,8 @@ def reject_schema(save_cols: Sequence[str] = ()) -> pa.Schema:
         pa.field(DUPLICATE_OF, pa.string()),
         pa.field(SIMILARITY, pa.float32()),
         pa.field(ATTEMPTS, pa.int32()),
+        pa.field(AESTHETIC_SCORE, pa.float32()),
+        pa.field(PUNSAFE, pa.float32()),
     ] + [pa.field(c, pa.string()) for c in save_cols]
     return _with_version(pa.schema(fields))
 
@@ -170,7 +176,7 @@ class SchemaMismatch(ValueError):
 
 
 # Fields copied from an in-flight record into its reject row.
-_REJECT_KEEP_FIELDS = (UID, URL, CAPTION, SOURCE_FILE, SOURCE_ROW, SHARD, CLIP_SCORE, EXTRA)
+_REJECT_KEEP_FIELDS = (UID, URL, CAPTION, SOURCE_FILE, SOURCE_ROW, SHARD, CLIP_SCORE, AESTHETIC_SCORE, PUNSAFE, EXTRA)
 
 
 def make_reject(record: dict, stage: Stage, reason: Reason, detail: str = "", **fields) -> dict:

@@ -9,7 +9,7 @@ It speaks the part of the Hub protocol that ``huggingface_hub.hf_hub_download``
 uses: ``HEAD`` then ``GET`` on ``/{repo}/resolve/{revision}/{filename}``, with
 ``X-Repo-Commit`` and ``ETag`` on every answer, and for large (LFS) files
 ``X-Linked-Etag`` (the sha256) and ``X-Linked-Size``, as the Hub sends them.
-Misses carry the Hub's ``X-Error-Code`` (``RepositoryNotFound``,
+Misses carry the Hub's ``X-Error-Code`` (``RepoNotFound``,
 ``RevisionNotFound``, ``EntryNotFound``) so the client raises the same errors
 it raises against huggingface.co. Any other path is looked up in ``static``
 (plain files, e.g. published model heads served at their GitHub-like paths).
@@ -71,7 +71,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         prefix = f"/{hub.repo_id}/resolve/"
         if not path.startswith(prefix):
-            self._send(404, b"Repository not found", {"X-Error-Code": "RepositoryNotFound"}, send_body)
+            # The Hub answers 401 for missing and private repositories alike.
+            self._send(401, b"Repository not found", {"X-Error-Code": "RepoNotFound"}, send_body)
             return
         revision, _, filename = path[len(prefix):].partition("/")
         if revision not in ("main", hub.commit):
@@ -163,9 +164,9 @@ class FakeHub:
             return [(m, p) for m, p, _ in self._requests]
 
     def authorizations(self) -> list[str | None]:
-        """The ``Authorization`` header of every request (``HF_TOKEN`` arrives as ``Bearer <token>``)."""
+        """The ``Authorization`` header of every request for the repository's files (``HF_TOKEN`` arrives as ``Bearer <token>``)."""
         with self._lock:
-            return [a for _, _, a in self._requests]
+            return [a for _, p, a in self._requests if p.startswith(f"/{self.repo_id}/")]
 
     def _record(self, method: str, path: str, authorization: str | None) -> None:
         with self._lock:
