@@ -4,7 +4,9 @@ It renders captioned synthetic images, serves them (plus broken URLs, an
 undecodable file, HTML, bad captions and repeated rows) from a loopback HTTP
 server on a free port, runs the real pipeline over them and prints the funnel.
 With CLIP on it uses the project's own small model, so some captions that were
-deliberately swapped for wrong ones are rejected as ``low_clip_score``.
+deliberately swapped for wrong ones are rejected as ``low_clip_score``, and its
+demo heads (``--aesthetic-head auto --safety-head auto``, loaded like LAION's)
+reject small shapes as ``low_aesthetic`` and red ones as ``unsafe``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from paircurate.testing.synthetic import make_samples, mismatched_caption
 DEMO_SEED = 1234
 SWAPPED_FRACTION = 0.15
 TINY_MODEL = "paircurate-tiny"
+# The demo world's heads (embeddings/train_heads.py): large shapes score ~7.5, small ones ~3.4.
+DEMO_MIN_AESTHETIC = 5.0
+DEMO_MAX_PUNSAFE = 0.5  # LAION's cut
 
 
 def build_demo_input(server: LoopbackServer, out_path: str, num_pairs: int, seed: int = DEMO_SEED) -> dict[str, int]:
@@ -97,7 +102,9 @@ def demo_config(input_path: str, out_dir: str, clip: bool, beam_args: list[str],
             "caption": {"min_words": 2, "min_chars": 5},
             "download": {"threads": 16, "retries": 1, "backoff_base": 0.1, "deadline": 10, "read_timeout": 5, "allow_private_network": True},
             "image": {"image_size": 224, "resize_mode": "center_crop", "min_image_size": 64},
-            "clip": {"enabled": clip, "model": TINY_MODEL, "pretrained": TINY_MODEL, "device": "auto"},
+            "clip": {"enabled": clip, "model": TINY_MODEL, "pretrained": TINY_MODEL, "device": "auto",
+                     "aesthetic_head": "auto", "min_aesthetic": DEMO_MIN_AESTHETIC,
+                     "safety_head": "auto", "max_punsafe": DEMO_MAX_PUNSAFE},
             "output": {"path": out_dir, "shard_size": 100},
             "runner": {"beam_args": beam_args, "progress": progress},
         }

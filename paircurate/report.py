@@ -23,14 +23,16 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from paircurate.inspection import human_bytes, inspect_output, read_column
-from paircurate.schemas.outcomes import Stage
+from paircurate.schemas.outcomes import Reason, Stage
 from paircurate.schemas.records import (
+    AESTHETIC_SCORE,
     CAPTION,
     CLIP_SCORE,
     DETAIL,
     DUPLICATE_OF,
     ORIGINAL_HEIGHT,
     ORIGINAL_WIDTH,
+    PUNSAFE,
     REASON,
     SIMILARITY,
     STAGE,
@@ -44,6 +46,9 @@ KEPT_GRID = 24
 EXAMPLES_PER_REASON = 3
 GRID_PER_REASON = 6
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+# Rejects counted and plotted but never shown: no caption, URL or image of them lands in the report.
+_COUNT_ONLY_REASONS = {Reason.UNSAFE.value}
+_SCORE_COLUMNS = (CLIP_SCORE, AESTHETIC_SCORE, PUNSAFE)
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
@@ -72,6 +77,7 @@ def build_report(out_dir: str) -> str:
     stats = ins.stats or {}
     funnel = stats.get("funnel")
     by_reason, reject_scores = _reject_examples(ins.reject_files, GRID_PER_REASON)
+    kept_scores = {c: read_column(ins.parquets, c) for c in _SCORE_COLUMNS}
     kept_head = _first_rows(ins.parquets, [UID, CAPTION, URL, CLIP_SCORE], KEPT_GRID)
     keeper_uids = {r[DUPLICATE_OF] for rs in by_reason.values() for r in rs[:GRID_PER_REASON] if r.get(DUPLICATE_OF)}
     thumbs = read_thumbnails(ins.tars, {r[UID] for r in kept_head} | keeper_uids)
@@ -92,7 +98,8 @@ def build_report(out_dir: str) -> str:
     parts.append(_hosts_section(stats.get("hosts")))
     parts.append(_blocklist_section(stats.get("blocklists")))
     parts.append(_history_section(stats))
-    parts.append(_clip_section(ins.parquets, reject_scores, stats.get("clip_threshold")))
+    parts.append(_clip_section(kept_scores[CLIP_SCORE], reject_scores[CLIP_SCORE], stats.get("clip_threshold")))
+    parts.append(_heads_section(kept_scores, reject_scores, stats, (funnel or {}).get("reasons", {})))
     parts.append(_size_section(ins.parquets))
     parts.append(_kept_grid(kept_head, thumbs))
     parts.append(_reject_grids(by_reason, thumbs, keeper_captions))
@@ -103,24 +110,26 @@ def build_report(out_dir: str) -> str:
 # --- data -------------------------------------------------------------------------------------------
 
 
-def _reject_examples(paths: list[str], per_reason: int) -> tuple[dict[str, list[dict]], np.ndarray]:
-    """The first ``per_reason`` rejects of each reason, and every reject's CLIP score.
+def _reject_examples(paths: list[str], per_reason: int) -> tuple[dict[str, list[dict]], dict[str, np.ndarray]]:
+    """The first ``per_reason`` rejects of each reason, and every reject's scores (CLIP and heads).
 
     One shard's reject file at a time, keeping only the examples, so memory
-    does not grow with the number of rejects of a large run.
+    does not grow with the number of rejects of a large run. Reasons in
+    ``_COUNT_ONLY_REASONS`` (unsafe) keep no examples at all.
     """
-    columns = [UID, URL, CAPTION, STAGE, REASON, DETAIL, CLIP_SCORE, DUPLICATE_OF, SIMILARITY]
+    columns = [UID, URL, CAPTION, STAGE, REASON, DETAIL, DUPLICATE_OF, SIMILARITY, *_SCORE_COLUMNS]
     examples: dict[str, list[dict]] = defaultdict(list)
-    scores = []
+    scores: dict[str, list[np.ndarray]] = {c: [] for c in _SCORE_COLUMNS}
     for p in paths:
         present = [c for c in columns if c in pq.read_schema(p).names]
         table = pq.read_table(p, columns=present)
-        if CLIP_SCORE in present:
-            scores.append(table.column(CLIP_SCORE).drop_null().to_numpy().astype(np.float64))
+        for c in _SCORE_COLUMNS:
+            if c in present:
+                scores[c].append(table.column(c).drop_null().to_numpy().astype(np.float64))
         for r in table.to_pylist():
-            if len(examples[r[REASON]]) < per_reason:
+            if r[REASON] not in _COUNT_ONLY_REASONS and len(examples[r[REASON]]) < per_reason:
                 examples[r[REASON]].append(r)
-    return examples, (np.concatenate(scores) if scores else np.zeros(0))
+    return examples, {c: (np.concatenate(v) if v else np.zeros(0)) for c, v in scores.items()}
 
 
 def _first_rows(paths: list[str], columns: list[str], n: int) -> list[dict]:
@@ -267,10 +276,8 @@ def _reasons_section(funnel: dict, by_reason: dict[str, list[dict]]) -> str:
     )
 
 
-def _clip_section(parquets: list[str], rejected: np.ndarray, threshold) -> str:
-    kept = read_column(parquets, CLIP_SCORE)
-    if kept.size == 0 and rejected.size == 0:
-        return "<h2>CLIP scores</h2><p>No CLIP scores (the run was made without --clip).</p>"
+def _score_histogram(column: str, kept: np.ndarray, rejected: np.ndarray, threshold) -> str:
+    """Kept vs rejected histogram of one score column, with the threshold applied to it."""
     both = np.concatenate([kept, rejected])
     bins = np.linspace(both.min(), both.max(), 31) if both.max() > both.min() else 10
 
@@ -281,12 +288,39 @@ def _clip_section(parquets: list[str], rejected: np.ndarray, threshold) -> str:
             ax.hist(rejected, bins=bins, alpha=0.6, label=f"rejected with a score ({rejected.size})", color="#d0604d")
         if threshold is not None:
             ax.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:g}")
-        ax.set_xlabel("clip_score")
+        ax.set_xlabel(column)
         ax.set_ylabel("pairs")
         ax.legend(fontsize=8)
 
+    return _plot(draw)
+
+
+def _clip_section(kept: np.ndarray, rejected: np.ndarray, threshold) -> str:
+    if kept.size == 0 and rejected.size == 0:
+        return "<h2>CLIP scores</h2><p>No CLIP scores (the run was made without --clip).</p>"
     note = f'<p>threshold applied: <span id="clip-threshold">{_e(threshold)}</span></p>' if threshold is not None else ""
-    return "<h2>CLIP scores</h2>" + note + _plot(draw)
+    return "<h2>CLIP scores</h2>" + note + _score_histogram(CLIP_SCORE, kept, rejected, threshold)
+
+
+def _heads_section(kept: dict[str, np.ndarray], rejected: dict[str, np.ndarray], stats: dict, reasons: dict) -> str:
+    """Aesthetic and safety heads: histograms only; unsafe rejects are never shown, only counted."""
+    out = []
+    for column, title, key, reason, head in (
+        (AESTHETIC_SCORE, "Aesthetic scores", "min_aesthetic", Reason.LOW_AESTHETIC.value, "aesthetic_head"),
+        (PUNSAFE, "Safety (punsafe)", "max_punsafe", Reason.UNSAFE.value, "safety_head"),
+    ):
+        if kept[column].size == 0 and rejected[column].size == 0:
+            continue
+        threshold = stats.get(key)
+        head_info = stats.get(head) or {}
+        source = head_info.get("source") if isinstance(head_info, dict) else head_info
+        note = (f'<p>head: <span class="url">{_e(source)}</span>; threshold ({key}): '
+                f'<span id="{key}">{_e(threshold)}</span>; rejected as {reason}: '
+                f'<span id="{reason}-count">{reasons.get(reason, 0)}</span></p>')
+        if column == PUNSAFE:
+            note += "<p class=\"muted\">Images, captions and URLs of unsafe rejects are never shown in this report.</p>"
+        out.append(f"<h2>{title}</h2>" + note + _score_histogram(column, kept[column], rejected[column], threshold))
+    return "".join(out)
 
 
 def _size_section(parquets: list[str]) -> str:
@@ -328,6 +362,9 @@ def _reject_grids(by_reason: dict[str, list[dict]], thumbs: dict[str, str], keep
         cards = []
         for r in by_reason[reason][:GRID_PER_REASON]:
             score = f'<br><span class="muted">clip {r[CLIP_SCORE]:.3f}</span>' if r.get(CLIP_SCORE) is not None else ""
+            if r.get(AESTHETIC_SCORE) is not None:
+                score += f'<br><span class="muted">aesthetic {r[AESTHETIC_SCORE]:.2f}</span>'
+
             removed = (
                 f'<div class="removed"><b>removed</b>: &ldquo;{_e(r.get(CAPTION))}&rdquo;{score}'
                 f'<br><span class="url">{_e(r.get(URL))}</span><br><span class="muted">{_e(r.get(DETAIL))}</span></div>'
