@@ -215,7 +215,8 @@ def load_head(kind: str, path: str | os.PathLike) -> Head:
         raise ModelLoadError(f"{kind} head {path}: weights do not fit the {sorted(keys)[0]} layout: {exc}") from exc
     wanted = ("linear", "mlp") if kind == AESTHETIC else ("nsfw",)
     if layout not in wanted:
-        raise ModelLoadError(f"{kind} head {path}: a {layout} head is not a {kind} head (expected {' or '.join(wanted)})")
+        raise ModelLoadError(f"{kind} head {path}: has the {layout} layout, the wrong kind for the {kind} head "
+                             f"(expected {' or '.join(wanted)})")
     module.eval()
     in_dim = int(next(iter(module.parameters())).shape[1])
     return Head(kind, layout, module, in_dim, str(path), hashlib.sha256(data).hexdigest())
