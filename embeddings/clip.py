@@ -238,6 +238,14 @@ def load_clip(
     )
 
 
+def is_cached(model_name: str, pretrained: str, cache_dir: str | None = None) -> bool:
+    """Whether the weights of a built-in tag (or the bundled model) are on this machine; never touches the network."""
+    if pretrained == TINY_MODEL:
+        return TINY_CHECKPOINT_PATH.is_file()
+    tag_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+    return bool(tag_cfg) and _cached_tag_file(tag_cfg, cache_dir) is not None
+
+
 @dataclass(frozen=True)
 class WeightSource:
     """Where a model's weights lie on this machine, and how open_clip is to build it."""

@@ -47,14 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paircurate.embeddings.clip import (
-    ASSETS_DIR,
-    TINY_MODEL,
-    ModelLoadError,
-    _canonical_model,
-    _canonical_tag,
-    hub_offline,
-)
+from paircurate.embeddings.clip import ASSETS_DIR, TINY_MODEL, ModelLoadError, hub_offline
+from paircurate.filters.similarity import canonical_model, canonical_tag
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +218,7 @@ def load_head(kind: str, path: str | os.PathLike) -> Head:
 
 def published_head(kind: str, model: str, pretrained: str | None) -> PublishedHead | None:
     """The head ``auto`` means for these CLIP weights, or None."""
-    key = (_canonical_model(model), _canonical_tag(pretrained or ""))
+    key = (canonical_model(model), canonical_tag(pretrained or ""))
     return next((p for p in PUBLISHED_HEADS if p.kind == kind and (p.model, p.pretrained) == key), None)
 
 
@@ -269,7 +263,7 @@ def load_head_for_run(kind: str, spec: str, model: str, pretrained: str | None, 
             f"gives {embed_dim}-d ones: use the head made for this CLIP model (or --{kind}-head auto)"
         )
     origin = head.published
-    if origin and (origin.model, origin.pretrained) != (_canonical_model(model), _canonical_tag(pretrained or "")):
+    if origin and (origin.model, origin.pretrained) != (canonical_model(model), canonical_tag(pretrained or "")):
         raise ModelLoadError(
             f"{kind} head {head.source} is {origin.name}, published for CLIP {origin.model}/{origin.pretrained}, "
             f"but the run uses {model}/{pretrained}: its scores would mean nothing; use "

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from paircurate import synthetic
+from paircurate.testing import synthetic
 from paircurate.embeddings.clip import TINY_MODEL, load_clip
 from paircurate.embeddings.heads import AESTHETIC, SAFETY, TINY_AESTHETIC_PATH, TINY_SAFETY_PATH, NSFWHead, load_head
 

@@ -40,6 +40,21 @@ DEFAULT_THRESHOLDS: dict[tuple[str, str], float] = {
 }
 
 
+# Where each number in DEFAULT_THRESHOLDS comes from, as `paircurate models` shows it.
+THRESHOLD_SOURCES: dict[tuple[str, str], str] = {
+    ("ViT-B-32", "openai"): "LAION-5B (Schuhmann et al. 2022): English pairs kept at cosine >= 0.28",
+    ("ViT-L-14", "openai"): "DataComp (Gadre et al. 2023), 'CLIP score (L/14 30%)' baseline: ~0.243, approximate",
+    (TINY_MODEL, TINY_MODEL): "measured, not published: held-out synthetic pairs (train_tiny.py), Youden's J",
+}
+
+
+def threshold_source(model: str, pretrained: str | None) -> str | None:
+    """Where :func:`default_threshold`'s number comes from, or None."""
+    if not pretrained:
+        return None
+    return THRESHOLD_SOURCES.get((canonical_model(model), canonical_tag(pretrained)))
+
+
 def default_threshold(model: str, pretrained: str | None) -> float | None:
     """The published CLIP-score threshold for these weights, or None when there is none.
 
@@ -48,7 +63,7 @@ def default_threshold(model: str, pretrained: str | None) -> float | None:
     """
     if not pretrained:
         return None
-    key = (_canonical_model(model), _canonical_tag(pretrained))
+    key = (canonical_model(model), canonical_tag(pretrained))
     return DEFAULT_THRESHOLDS.get(key)
 
 
@@ -64,12 +79,12 @@ def resolve_threshold(cfg: ClipConfig) -> tuple[float | None, str]:
     return value, f"published default for {cfg.model}/{cfg.pretrained}"
 
 
-def _canonical_model(model: str) -> str:
+def canonical_model(model: str) -> str:
     name = model.replace("/", "-")
     return name[: -len("-quickgelu")] if name.endswith("-quickgelu") else name
 
 
-def _canonical_tag(tag: str) -> str:
+def canonical_tag(tag: str) -> str:
     return tag if tag == TINY_MODEL else tag.lower().replace("-", "_")
 
 

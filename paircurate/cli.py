@@ -181,6 +181,15 @@ def _cmd_inspect(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from paircurate.embeddings.catalog import format_models, list_models
+    from paircurate.embeddings.clip import _cache_label
+
+    print(format_models(list_models(model_filter=args.model or "", only_cached=args.cached)))
+    print(f"cached = found in {_cache_label(None)} (HF_HOME / HF_HUB_CACHE) or ~/.cache/clip")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace, beam_args: list[str]) -> int:
     from paircurate.report import write_report
 
@@ -241,6 +250,15 @@ def make_parser() -> argparse.ArgumentParser:
     inspect_p.add_argument("output_dir", metavar="OUT", help="output folder of a run")
     inspect_p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     inspect_p.set_defaults(handler=_cmd_inspect)
+
+    models_p = sub.add_parser(
+        "models",
+        help="list open_clip architectures and pretrained weights: embedding size, cached here, published CLIP-score threshold, heads",
+    )
+    models_p.add_argument("--model", help="only architectures whose name contains this")
+    models_p.add_argument("--cached", action="store_true", help="only weights already on this machine")
+    models_p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    models_p.set_defaults(handler=_cmd_models)
 
     report_p = sub.add_parser("report", help="write OUT/report.html: funnel, rejects, score and size plots, sample grids")
     report_p.add_argument("output_dir", metavar="OUT", help="output folder of a run")

@@ -17,7 +17,7 @@ import torch
 import webdataset as wds
 from torch import nn
 
-from paircurate import synthetic
+from paircurate.testing import synthetic
 from paircurate.cli import main
 from paircurate.embeddings.clip import TINY_MODEL, ModelLoadError, load_clip
 from paircurate.embeddings.heads import (

@@ -23,7 +23,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from paircurate import synthetic
+from paircurate.testing import synthetic
 from paircurate.embeddings.clip import TINY_MODEL, ModelLoadError, load_clip, resolve_weights
 from paircurate.testing.hub import FakeHub, tiny_model_repo_files
 
