@@ -57,7 +57,7 @@ _HF_SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"
 
 
 # One request, no retries: long enough for a slow hub, short enough to fail fast.
-PROBE_TIMEOUT_S = 8.0
+PROBE_TIMEOUT_S = 5.0
 _TRUE_VALUES = {"1", "on", "yes", "true"}
 
 
