@@ -120,8 +120,10 @@ class ClipModel:
         """L2-normalised image embeddings, float32 array of shape ``(len(images), embed_dim)``."""
         chunks = []
         for start in range(0, len(images), self.batch_size):
-            batch = [self.preprocess(im) for im in images[start : start + self.batch_size]]
-            pixels = torch.stack(batch).to(self.device, non_blocking=True)
+            batch = torch.stack([self.preprocess(im) for im in images[start : start + self.batch_size]])
+            if self.device.type == "cuda":
+                batch = batch.pin_memory()  # page-locked, so the copy below really is asynchronous
+            pixels = batch.to(self.device, non_blocking=True)
             with torch.inference_mode(), self._autocast():
                 features = self.model.encode_image(pixels)
             chunks.append(self._normalise(features))

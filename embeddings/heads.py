@@ -161,15 +161,21 @@ class Head:
     source: str
     sha256: str
 
+    def to(self, device: torch.device | str) -> "Head":
+        """Run on ``device`` (the CLIP model's: on a GPU the MLP heads would otherwise cost more than CLIP)."""
+        self.module.to(device)
+        return self
+
     def __call__(self, embeddings: np.ndarray) -> np.ndarray:
         """One float32 per row of ``embeddings`` (n, in_dim): aesthetic score, or punsafe in [0, 1]."""
         x = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
         if x.ndim != 2 or x.shape[1] != self.in_dim:
             raise ValueError(f"{self.kind} head wants (n, {self.in_dim}) embeddings, got {tuple(x.shape)}")
-        # Stored embeddings are float16 in flight; the heads were trained on unit vectors.
-        x = F.normalize(x, dim=-1)
+        device = next(self.module.parameters()).device
+        # Stored embeddings are float16 in flight; the heads were trained on unit vectors. fp32 on every device.
+        x = F.normalize(x.to(device), dim=-1)
         with torch.inference_mode():
-            return self.module(x).reshape(-1).numpy().astype(np.float32, copy=False)
+            return self.module(x).reshape(-1).float().cpu().numpy()
 
     @property
     def published(self) -> PublishedHead | None:
