@@ -50,7 +50,7 @@ def _repo_files(model: str) -> tuple[str, dict[str, bytes], str]:
 
 
 def _inputs(server, folder: str, n: int) -> str:
-    from paircurate import synthetic
+    from paircurate.testing import synthetic
 
     rows = []
     for i, sample in enumerate(synthetic.make_samples(n, seed=5, size=128)):
@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from paircurate.loopback import LoopbackServer
+    from paircurate.testing.loopback import LoopbackServer
     from paircurate.testing.hub import FakeHub
 
     repo, files, model = _repo_files(args.model)
