@@ -32,6 +32,7 @@ from paircurate.embeddings.heads import (
 )
 from paircurate.embeddings.train_heads import UNSAFE_COLOR
 from paircurate.testing.hub import FakeHub
+from helpers import read_rows
 
 
 def _shared_models() -> Path | None:
@@ -206,8 +207,7 @@ def test_pipeline_adds_head_scores_and_rejects_unsafe_and_low_aesthetic(loopback
                "--aesthetic-head", "auto", "--min-aesthetic", "5", "--safety-head", safety_url, "--max-punsafe", "0.5"])
     assert rc == 0
 
-    kept = [r for p in sorted(glob.glob(str(out / "0*.parquet"))) for r in pq.read_table(p).to_pylist()]
-    rejects = [r for p in sorted(glob.glob(str(out / "rejected" / "*.parquet"))) for r in pq.read_table(p).to_pylist()]
+    kept, rejects = read_rows(out, "0*.parquet"), read_rows(out, "rejected/*.parquet")
     schema = pq.read_schema(sorted(glob.glob(str(out / "0*.parquet")))[0])
     assert str(schema.field("aesthetic_score").type) == "float" and str(schema.field("punsafe").type) == "float"
     assert kept and all(r["punsafe"] <= 0.5 and r["aesthetic_score"] >= 5 for r in kept)

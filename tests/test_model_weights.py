@@ -17,7 +17,6 @@ import sys
 import threading
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import torch
 import webdataset as wds
@@ -26,6 +25,7 @@ from PIL import Image
 from paircurate.testing import synthetic
 from paircurate.embeddings.clip import TINY_MODEL, ModelLoadError, load_clip, resolve_weights
 from paircurate.testing.hub import FakeHub, tiny_model_repo_files
+from helpers import read_rows
 
 REPO = "paircurate/tiny-hub"
 N_PAIRS = 24
@@ -62,8 +62,7 @@ def _run_argv(inputs: str, out) -> list[str]:
 
 
 def _scores(out) -> dict[str, float]:
-    rows = [r for p in sorted(glob.glob(os.path.join(out, "0*.parquet"))) for r in pq.read_table(p).to_pylist()]
-    return {r["uid"]: r["clip_score"] for r in rows}
+    return {r["uid"]: r["clip_score"] for r in read_rows(out, "0*.parquet")}
 
 
 def test_first_run_downloads_then_offline_run_scores_identically(pairs_jsonl, tmp_path):
