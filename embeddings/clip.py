@@ -508,7 +508,7 @@ def _how_to_provide(model_name: str, tag_cfg: dict | None = None) -> str:
         f"  1. a local checkpoint file: load_clip({name!r}, '/path/to/weights.safetensors') (.safetensors, .pt, .pth, .bin);\n"
         "  2. a local folder: load_clip(name, 'local-dir:/path/to/folder'), the folder holding "
         f"{_HF_CONFIG_NAME} and {_HF_SAFE_WEIGHTS_NAME} (or {_HF_WEIGHTS_NAME});\n"
-        f"  3. pre-populate the Hugging Face cache on a machine with network, e.g. `huggingface-cli download {repo}`, "
+        f"  3. pre-populate the Hugging Face cache on a machine with network, e.g. `hf download {repo}`, "
         "and copy it here (HF_HOME / HF_HUB_CACHE, or pass cache_dir);\n"
         f"  4. for tests and demos: load_clip({TINY_MODEL!r}, {TINY_MODEL!r}), bundled with paircurate."
     )

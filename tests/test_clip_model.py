@@ -139,7 +139,7 @@ def test_uncached_tag_offline_fails_fast_without_touching_the_network(tmp_path, 
         load_clip("ViT-B-32", "laion2b_s34b_b79k", device="cpu", cache_dir=str(tmp_path))  # allow_download=False
     message = str(err.value)
     assert "not in the local cache" in message and "offline" in message.splitlines()[0]
-    assert "huggingface-cli download laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in message
+    assert "hf download laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in message
     assert not no_network
 
 
