@@ -8,6 +8,8 @@ starts it, with ``HF_ENDPOINT`` pointing at a FakeHub on 127.0.0.1 and its own
 ``HF_HOME``: "cold" starts with an empty cache, "warm" reuses it, "dead hub"
 has nothing listening on the endpoint, "silent hub" accepts connections and
 never answers (huggingface_hub alone would retry for ~23 s per file there).
+Two baselines separate start-up from network: "bundled weights" (no hub at
+all) and "unknown model name" (fails on the driver before any request).
 Seconds are from process start to the log line of the first scored batch (or
 to exit for the failures); median of ``--repeats``. Loopback is far faster
 than a real hub, so "cold" here is the fixed cost plus a fast transfer.
@@ -64,9 +66,9 @@ def _inputs(server, folder: str, n: int) -> str:
     return path
 
 
-def _run(inputs: str, out: str, repo: str, model: str, env: dict) -> tuple[float, int, str]:
+def _run(inputs: str, out: str, repo: str, model: str, env: dict, pretrained: str | None = None) -> tuple[float, int, str]:
     argv = [sys.executable, "-m", "paircurate.cli", "run", inputs, "-o", out, "--overwrite", "-v", "--no-progress",
-            "--no-report", "--allow-private-network", "--clip-model", model, "--clip-pretrained", f"hf-hub:{repo}",
+            "--no-report", "--allow-private-network", "--clip-model", model, "--clip-pretrained", pretrained or f"hf-hub:{repo}",
             "--clip-threshold", "-1", "--device", "cpu", "--clip-batch-size", "32", "--no-dedup-semantic"]
     started = time.monotonic()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -92,11 +94,21 @@ def main() -> None:
     repo, files, model = _repo_files(args.model)
     size_mb = sum(len(v) for v in files.values()) / 1e6
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    results: dict[str, list[float]] = {"cold (download)": [], "warm (cache)": [], "dead hub, no cache": [], "silent hub, no cache": []}
+    results: dict[str, list[float]] = {"bundled weights (baseline, no hub)": [], "cold (download)": [], "warm (cache)": [],
+                                       "unknown model name (baseline, no request)": [], "dead hub, no cache": [],
+                                       "silent hub, no cache": []}
     notes = {}
     with tempfile.TemporaryDirectory() as tmp, LoopbackServer() as images:
         inputs = _inputs(images, tmp, args.pairs)
         for r in range(args.repeats):
+            from paircurate.embeddings.clip import TINY_MODEL
+
+            seconds, rc, last = _run(inputs, os.path.join(tmp, "out"), repo, TINY_MODEL, dict(base_env), TINY_MODEL)
+            assert rc == 0, last
+            results["bundled weights (baseline, no hub)"].append(seconds)
+            seconds, rc, last = _run(inputs, os.path.join(tmp, "out"), repo, "ViT-Nope-99", dict(base_env), "x")
+            assert rc != 0
+            results["unknown model name (baseline, no request)"].append(seconds)
             home = os.path.join(tmp, f"hf-{r}")
             with FakeHub(repo, files) as hub:
                 env = dict(base_env, HF_HOME=home, HF_ENDPOINT=hub.endpoint)
