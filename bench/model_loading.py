@@ -135,11 +135,24 @@ def main() -> None:
             results["silent hub, no cache"].append(seconds)
             notes["silent hub, no cache"] = last
 
+    # The resolution step alone, in this process: what the network adds, without start-up and scoring.
+    from paircurate.embeddings.clip import resolve_weights
+
+    resolve: dict[str, list[float]] = {"resolve_weights, cold (probe + download)": [], "resolve_weights, warm (cache)": []}
+    for r in range(args.repeats):
+        with tempfile.TemporaryDirectory() as cache, FakeHub(repo, files) as hub:
+            os.environ["HF_ENDPOINT"] = hub.endpoint
+            for label in resolve:
+                start = time.monotonic()
+                resolve_weights(model, f"hf-hub:{repo}", cache_dir=cache)
+                resolve[label].append(time.monotonic() - start)
+    results.update(resolve)
+
     print(f"model: {model} via hf-hub:{repo} ({size_mb:.1f} MB), {args.pairs} pairs, repeats {args.repeats}, CPU\n")
     print("| case | seconds to first scored batch (or to exit) | runs |")
     print("|---|---|---|")
     for label, values in results.items():
-        print(f"| {label} | {statistics.median(values):.2f} | {', '.join(f'{v:.2f}' for v in values)} |")
+        print(f"| {label} | {statistics.median(values):.3f} | {', '.join(f'{v:.3f}' for v in values)} |")
     for label, line in notes.items():
         print(f"\n{label}: {line}")
 
