@@ -190,10 +190,11 @@ def load_head(kind: str, path: str | os.PathLike) -> Head:
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelLoadError(f"{kind} head {path}: not a torch state dict ({type(exc).__name__}: {exc})") from exc
+        raise ModelLoadError(f"{kind} head {path}: not a torch state dict ({type(exc).__name__}: {_one_line(exc)})") from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelLoadError(f"{kind} head {path}: not a torch state dict of tensors")
     keys = set(state)
+    layout = "expected"
     try:
         if keys == {"weight", "bias"}:
             layout, module = "linear", nn.Linear(state["weight"].shape[1], 1)
@@ -212,7 +213,7 @@ def load_head(kind: str, path: str | os.PathLike) -> Head:
     except ModelLoadError:
         raise
     except Exception as exc:  # shapes that do not chain
-        raise ModelLoadError(f"{kind} head {path}: weights do not fit the {sorted(keys)[0]} layout: {exc}") from exc
+        raise ModelLoadError(f"{kind} head {path}: weights do not fit the {layout} layout: {_one_line(exc)}") from exc
     wanted = ("linear", "mlp") if kind == AESTHETIC else ("nsfw",)
     if layout not in wanted:
         raise ModelLoadError(f"{kind} head {path}: has the {layout} layout, the wrong kind for the {kind} head "
@@ -220,6 +221,10 @@ def load_head(kind: str, path: str | os.PathLike) -> Head:
     module.eval()
     in_dim = int(next(iter(module.parameters())).shape[1])
     return Head(kind, layout, module, in_dim, str(path), hashlib.sha256(data).hexdigest())
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
 
 
 def published_head(kind: str, model: str, pretrained: str | None) -> PublishedHead | None:

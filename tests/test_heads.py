@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import webdataset as wds
 from torch import nn
 
@@ -253,3 +255,33 @@ def test_mismatched_head_is_refused_before_the_run(loopback_server, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "wrong kind for the aesthetic head" in err[0] and str(TINY_SAFETY_PATH) in err[0]
     assert not (tmp_path / "out" / "00000.parquet").exists()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=2048))
+def test_any_bytes_as_a_head_file_is_a_load_error_or_a_head(tmp_path, data):
+    path = tmp_path / "head.pth"
+    path.write_bytes(data)
+    try:
+        head = load_head(AESTHETIC, path)
+    except ModelLoadError:
+        return
+    assert head.layout in ("linear", "mlp")  # only if the bytes really were a head
+
+
+_KEYS = st.sampled_from(["weight", "bias", "layers.0.weight", "layers.7.bias", "norm.mean", "norm.variance",
+                         "linear_1.weight", "linear_4.weight", "fc.weight"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shapes=st.dictionaries(_KEYS, st.lists(st.integers(0, 5), min_size=0, max_size=3), max_size=6))
+def test_state_dicts_of_any_keys_and_shapes_load_or_are_refused_in_one_error(tmp_path, shapes):
+    path = tmp_path / "head.pth"
+    torch.save({k: torch.zeros(tuple(dims)) for k, dims in shapes.items()}, path)
+    for kind in (AESTHETIC, SAFETY):
+        try:
+            head = load_head(kind, path)
+        except ModelLoadError as exc:
+            assert "\n" not in str(exc)
+            continue
+        assert head(np.ones((2, head.in_dim), dtype=np.float32)).shape == (2,)
