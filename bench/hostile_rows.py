@@ -14,7 +14,6 @@ healthy rows): wall time and the process's peak RSS.
 from __future__ import annotations
 
 import gzip
-import json
 import os
 import re
 import resource

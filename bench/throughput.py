@@ -31,15 +31,17 @@ from paircurate.testing.loopback import LoopbackServer
 DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "imagenet-sample-250")
 
 
-def serve_photos(server: LoopbackServer, data_dir: str) -> list[tuple[str, str]]:
-    """Register every photo; returns (url path, caption) pairs."""
+def serve_photos(servers: list[LoopbackServer], data_dir: str) -> list[tuple[str, str]]:
+    """Register every photo on every server (same path on each); returns (url path, caption) pairs."""
     photos = []
     with open(os.path.join(data_dir, "labels.tsv")) as fh:
         for row in csv.DictReader(fh, delimiter="\t"):
             name = row.get("file") or row.get("filename") or list(row.values())[0]
             label = row.get("label") or list(row.values())[-1]
             with open(os.path.join(data_dir, name), "rb") as img:
-                path = server.add(f"/photos/{name}", img.read(), content_type="image/jpeg")
+                body = img.read()
+            for server in servers:
+                path = server.add(f"/photos/{name}", body, content_type="image/jpeg")
             photos.append((path, f"a photo of a {label}"))
     return photos
 
@@ -137,7 +139,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, LoopbackServer() as server:
         if args.random_clip:
             args.extra = [*args.extra, "--clip", "--clip-model", args.random_clip, "--clip-pretrained", random_checkpoint(args.random_clip, tmp)]
-        photos = serve_photos(server, args.data)
+        photos = serve_photos([server], args.data)
         url_list = os.path.join(tmp, "urls.csv")
         write_url_list(server, photos, args.urls, url_list)
         rates = []

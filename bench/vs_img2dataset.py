@@ -47,7 +47,7 @@ import tarfile
 import tempfile
 import time
 
-from throughput import DEFAULT_DATA, paircurate_command
+from throughput import DEFAULT_DATA, paircurate_command, serve_photos
 
 from paircurate.testing.loopback import LoopbackServer
 
@@ -101,16 +101,7 @@ def photo_servers(n_hosts: int, data_dir: str):
     """One LoopbackServer per host address, each serving every photo; yields (servers, [(path, caption)])."""
     servers = [LoopbackServer(host=f"127.0.0.{i + 1}").start() for i in range(n_hosts)]
     try:
-        photos = []
-        with open(os.path.join(data_dir, "labels.tsv")) as fh:
-            for row in csv.DictReader(fh, delimiter="\t"):
-                name = row.get("file") or row.get("filename") or list(row.values())[0]
-                label = row.get("label") or list(row.values())[-1]
-                with open(os.path.join(data_dir, name), "rb") as img:
-                    body = img.read()
-                for server in servers:
-                    path = server.add(f"/photos/{name}", body, content_type="image/jpeg")
-                photos.append((path, f"a photo of a {label}"))
+        photos = serve_photos(servers, data_dir)
         yield servers, photos
     finally:
         for server in servers:
