@@ -973,7 +973,9 @@ def _open_socket(conn: HTTPConnection, refuse_private: bool) -> socket.socket:
     raise NewConnectionError(conn, f"Failed to establish a new connection: {error}") from error
 
 
-class _WatchedHTTPConnection(HTTPConnection):
+class _Watched:
+    """What our HTTP and HTTPS connections add: the address guard on connect, the deadline watch on every request."""
+
     refuse_private = False
 
     def _new_conn(self) -> socket.socket:
@@ -987,19 +989,14 @@ class _WatchedHTTPConnection(HTTPConnection):
         return super().request(*args, **kwargs)
 
 
-class _WatchedHTTPSConnection(HTTPSConnection):
+class _WatchedHTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
     # connect() wraps the socket in TLS with server_hostname = self.host, so
     # SNI and certificate checks still use the name, not the address.
-    refuse_private = False
-
-    def _new_conn(self) -> socket.socket:
-        return _open_socket(self, self.refuse_private)
-
-    def request(self, *args, **kwargs):  # noqa: ANN002, ANN003
-        watch = _current_watch()
-        if watch is not None:
-            watch.add(self.sock)
-        return super().request(*args, **kwargs)
+    pass
 
 
 class _GuardedHTTPConnection(_WatchedHTTPConnection):
