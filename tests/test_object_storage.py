@@ -372,3 +372,27 @@ def test_samples_through_the_shuffle_give_the_same_output(served_inputs, tmp_pat
     assert outcomes(read_output(shuffled)) == outcomes(read_output(default))
     for tar in sorted(p.name for p in default.glob("*.tar")):
         assert (shuffled / tar).read_bytes() == (default / tar).read_bytes()
+
+
+def test_open_clip_training_reads_a_release_on_a_store(loopback_server, s3, tmp_path, capsys):
+    pytest.importorskip("open_clip_train")
+    from helpers import encode, photo
+
+    rows = [{"url": loopback_server.url(loopback_server.add(f"/v/{i}.jpg", encode(photo(10 + i)))), "caption": f"a picture number {i}"} for i in range(6)]
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    out = f"s3://{BUCKET}/{tmp_path.name}/out"
+    assert main(["run", str(path), "-o", out, "--image-size", "64", "--no-progress", "--no-report",
+                 "--allow-private-network", "--shard-size", "4"]) == 0
+    capsys.readouterr()
+    assert main(["verify-train", out]) == 0
+    assert "verify-train OK: open_clip_train read 6 samples (6 distinct) of 6 kept" in capsys.readouterr().out
+
+
+def test_an_in_memory_output_folder_holds_the_same_release(served_inputs, tmp_path):  # noqa: F811
+    """fsspec's memory:// store (this process only): the abstraction, with no server at all."""
+    local = tmp_path / "local"
+    assert run_cli(served_inputs["inputs"], local) == 0
+    out = f"memory://{tmp_path.name}/out"
+    assert run_cli(served_inputs["inputs"], out) == 0
+    assert outcomes(read_output(download(out, tmp_path / "copy"))) == outcomes(read_output(local))
