@@ -8,11 +8,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Mapping
@@ -20,38 +20,28 @@ from typing import Mapping
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
+from paircurate import storage
 from paircurate.filters.blocklist import load_blocklists
 from paircurate.filters.similarity import combined_threshold, resolve_threshold
 from paircurate.pipeline.graph import build_graph
-from paircurate.pipeline.progress import PROGRESS_DIR, ProgressMonitor
+from paircurate.pipeline.progress import ProgressMonitor
 from paircurate.pipeline.read import InputFile, plan_inputs
-from paircurate.pipeline.score import CUTOFF_FILE, prepare_scoring
-from paircurate.pipeline.spool import SPOOL_DIR
+from paircurate.pipeline.score import prepare_scoring
 from paircurate.pipeline.stage import METRICS_NAMESPACE, stage_seconds
-from paircurate.pipeline.stats import (
-    build_funnel,
-    internal_error_summary,
-    package_versions,
-    read_shard_stats,
-)
-from paircurate.pipeline.write import completed_shards, shard_name
+from paircurate.pipeline.stats import build_funnel, internal_error_summary, package_versions
 from paircurate.release import finish_folder, utc
 from paircurate.retry import check_retry_folder, finish_retry, prepare_retry
 from paircurate.runners import (
+    keeps_shuffles_in_memory,
     make_runner,
     plan_passes,
     resolve_download_processes,
     rows_per_pass,
 )
 from paircurate.schemas.config import ConfigError, PipelineConfig
+from paircurate.storage.layout import MARKER_FILE, PLAN_FILE, OutputLayout
 
 log = logging.getLogger(__name__)
-
-PLAN_FILE = "_plan.json"
-STATS_FILE = "stats.json"
-# Written into every output folder paircurate makes: only a folder holding it
-# (or an older output, which holds _plan.json) is ever written into, cleaned or deleted.
-OUTPUT_MARKER = "_paircurate_output.txt"
 
 
 @dataclass(frozen=True)
@@ -103,7 +93,7 @@ def run(cfg: PipelineConfig, overwrite: bool = False) -> RunSummary:
         finish_retry(out_dir, retry)
     elif work.pending_rows:
         cfg, timings = _run_passes(cfg, files, work)
-    shutil.rmtree(os.path.join(out_dir, SPOOL_DIR), ignore_errors=True)
+    storage.remove(OutputLayout(out_dir).spool_dir, recursive=True)
     stats = _run_stats(out_dir, cfg, files, work, started, scoring)
     stats["stage_seconds"] = timings
     # stats.json, report.html, datasheet.md and shardindex.json, from the folder as it now is
@@ -114,7 +104,7 @@ def run(cfg: PipelineConfig, overwrite: bool = False) -> RunSummary:
 def plan_work(out_dir: str, files: list[InputFile], shard_size: int) -> WorkPlan:
     input_rows = sum(f.num_rows for f in files)
     num_shards = -(-input_rows // shard_size) if input_rows else 0
-    done = frozenset(completed_shards(out_dir))
+    done = OutputLayout(out_dir).completed_shards()
     pending_rows = sum(min(shard_size, input_rows - s * shard_size) for s in range(num_shards) if s not in done)
     return WorkPlan(input_rows, num_shards, done, pending_rows)
 
@@ -131,7 +121,7 @@ def _run_passes(
     ``retry_rows`` ({global input row: new shard}, from ``--retry-failed``):
     read only those rows, into those shards, instead of the pending shards.
     """
-    out_dir = cfg.output.path
+    out = OutputLayout(cfg.output.path)
     runner, options = make_runner(cfg.runner.beam_args)
     cfg = resolve_download_processes(cfg, runner, options)
     pending = work.pending_shards if retry_rows is None else sorted(set(retry_rows.values()) - work.done)
@@ -144,21 +134,26 @@ def _run_passes(
             "or --rows-per-pass with at least the number of input rows"
         )
     all_shards = frozenset(range(work.num_shards))
-    progress_dir = os.path.join(out_dir, PROGRESS_DIR)
     counters: list[tuple[str, int]] | None = []
-    with ProgressMonitor(progress_dir, total=total, enabled=cfg.runner.progress):
-        for number, shards in enumerate(passes, start=1):
-            if len(passes) > 1:
-                log.info("pass %d of %d: shards %d to %d", number, len(passes), shards[0], shards[-1])
-            # Shards written by earlier passes (or the run being resumed) are dedup's pinned keepers.
-            written = tuple(os.path.join(out_dir, f"{shard_name(s)}.parquet") for s in sorted(completed_shards(out_dir)))
-            rows = None if retry_rows is None else {g: s for g, s in retry_rows.items() if s in set(shards)}
-            pipeline = beam.Pipeline(runner=runner, options=options)
-            build_graph(pipeline, cfg, files, skip_shards=all_shards - set(shards), progress_dir=progress_dir, written_shards=written, rows=rows)
-            result = pipeline.run()
-            result.wait_until_finish()
-            counters = _timing_counters(result, counters)
-    shutil.rmtree(progress_dir, ignore_errors=True)
+    spool_dir, local_spool = _spool_dir(cfg, out, runner)
+    try:
+        with ProgressMonitor(out.progress_dir, total=total, enabled=cfg.runner.progress):
+            for number, shards in enumerate(passes, start=1):
+                if len(passes) > 1:
+                    log.info("pass %d of %d: shards %d to %d", number, len(passes), shards[0], shards[-1])
+                # Shards written by earlier passes (or the run being resumed) are dedup's pinned keepers.
+                written = tuple(out.shard_files("parquet"))
+                rows = None if retry_rows is None else {g: s for g, s in retry_rows.items() if s in set(shards)}
+                pipeline = beam.Pipeline(runner=runner, options=options)
+                build_graph(
+                    pipeline, cfg, files, skip_shards=all_shards - set(shards), progress_dir=out.progress_dir,
+                    written_shards=written, rows=rows, spool_dir=spool_dir,
+                )
+                counters = _timing_counters(_wait_for(pipeline), counters)
+    finally:
+        if local_spool:
+            shutil.rmtree(local_spool, ignore_errors=True)
+    storage.remove(out.progress_dir, recursive=True)
     return cfg, None if counters is None else stage_seconds(counters)
 
 
@@ -171,6 +166,36 @@ def _timing_counters(result, so_far: list[tuple[str, int]] | None) -> list[tuple
     except NotImplementedError:  # Beam's Dask runner collects no metrics
         return None
     return so_far + [(c.key.metric.name, c.committed if c.committed is not None else c.attempted) for c in found]
+
+
+def _spool_dir(cfg: PipelineConfig, out: OutputLayout, runner) -> tuple[str | None, str | None]:
+    """Where finished samples wait for their shard: (spool folder or None for the shuffle, local folder to remove).
+
+    The in-process runner's workers share this machine's disk, so they spool
+    to OUT/_spool, or to a local temporary folder when OUT is on a store
+    (appending to a local file beats a PUT per batch). Any other runner's
+    workers may share nothing but the output store, so the spool lives there.
+    """
+    mode = cfg.output.spool
+    if mode == "shuffle":
+        return None, None
+    if mode == "auto" and keeps_shuffles_in_memory(runner) and out.is_remote():
+        local = tempfile.mkdtemp(prefix="paircurate-spool-")
+        return local, local
+    return out.spool_dir, None
+
+
+def _wait_for(pipeline: beam.Pipeline):
+    """Run ``pipeline`` to its end and return the result; a store's refusal anywhere in it surfaces as its one line (``PUT s3://...: AccessDenied``)."""
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+        return result
+    except Exception as exc:
+        line = storage.storage_error_line(exc)
+        if line is None:
+            raise
+        raise storage.StorageError(line) from None
 
 
 def _refuse_in_worker_import() -> None:
@@ -189,51 +214,60 @@ def _prepare_output(out_dir: str, files: list[InputFile], cfg: PipelineConfig, o
     A folder paircurate did not make is never touched: not written into, not
     cleaned, not deleted.
     """
+    out = OutputLayout(out_dir)
     state = output_folder_state(out_dir)
     if state == "not_a_folder":
         raise ConfigError(f"output {out_dir} exists and is not a folder; give -o a folder path")
     if state == "foreign":
         raise ConfigError(
-            f"output folder {out_dir} is not empty and was not made by paircurate (it holds no {OUTPUT_MARKER}); "
+            f"output folder {out_dir} is not empty and was not made by paircurate (it holds no {MARKER_FILE}); "
             "nothing in it was touched: give -o a new or empty folder"
         )
     if overwrite and state == "ours":
         _refuse_to_delete(out_dir, files, cfg)
-        shutil.rmtree(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    _write_marker(out_dir)
-    _check_plan(out_dir, files, cfg)
-    _remove_stale_temporaries(out_dir)
-    for stale in (CUTOFF_FILE, PROGRESS_DIR):  # run-level facts of an earlier invocation
-        path = os.path.join(out_dir, stale)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
+        storage.remove(out_dir, recursive=True)
+    storage.makedirs(out_dir)
+    _write_marker(out)
+    _check_plan(out, files, cfg)
+    if not out.is_remote():
+        _remove_stale_temporaries(out_dir)  # a store never shows an upload that did not complete
+    for stale in out.run_files:  # run-level facts of an earlier invocation
+        storage.remove(stale, recursive=True)
 
 
 def output_folder_state(out_dir: str) -> str:
-    """``missing``, ``empty``, ``ours`` (holds the marker, or _plan.json from before the marker), ``foreign`` or ``not_a_folder``."""
-    if not os.path.lexists(out_dir):
-        return "missing"
-    if not os.path.isdir(out_dir):
-        return "not_a_folder"
-    names = os.listdir(out_dir)
-    if not names:
-        return "empty"
-    if OUTPUT_MARKER in names or PLAN_FILE in names:
+    """``missing``, ``empty``, ``ours`` (holds the marker, or _plan.json from before the marker), ``foreign`` or ``not_a_folder``.
+
+    On a store a prefix with no object under it is ``missing``; an object named like the folder is ``not_a_folder``.
+    """
+    if storage.is_remote(out_dir):
+        names = storage.names(out_dir)
+        if not names:
+            return "not_a_folder" if storage.exists(out_dir) and not storage.isdir(out_dir) else "missing"
+    else:
+        if not os.path.lexists(out_dir):
+            return "missing"
+        if not os.path.isdir(out_dir):
+            return "not_a_folder"
+        names = os.listdir(out_dir)
+        if not names:
+            return "empty"
+    if MARKER_FILE in names or PLAN_FILE in names:
         return "ours"
     return "foreign"
 
 
 def _refuse_to_delete(out_dir: str, files: list[InputFile], cfg: PipelineConfig) -> None:
     """--overwrite deletes an output folder, never one a user could not mean to lose with it."""
-    target = os.path.realpath(out_dir)
+    remote = storage.is_remote(out_dir)
+    target = out_dir.rstrip("/") if remote else os.path.realpath(out_dir)
 
     def inside(path: str) -> bool:
+        if remote or storage.is_remote(path):
+            return path.rstrip("/") == target or path.startswith(target + "/")
         return os.path.commonpath([target, os.path.realpath(path)]) == target
 
-    protected = [("the root folder", os.path.sep), ("the working directory", os.getcwd()), ("your home folder", os.path.expanduser("~"))]
+    protected = [] if remote else [("the root folder", os.path.sep), ("the working directory", os.getcwd()), ("your home folder", os.path.expanduser("~"))]
     for what, path in protected:
         if inside(path):
             raise ConfigError(f"--overwrite would delete {out_dir}, which is or holds {what}; give -o a folder of its own")
@@ -243,11 +277,9 @@ def _refuse_to_delete(out_dir: str, files: list[InputFile], cfg: PipelineConfig)
             raise ConfigError(f"--overwrite would delete {out_dir}, which holds {path}, an input of this run; move the input or choose another -o")
 
 
-def _write_marker(out_dir: str) -> None:
-    path = os.path.join(out_dir, OUTPUT_MARKER)
-    if not os.path.exists(path):
-        with open(path, "w") as fh:
-            fh.write("This folder was made by paircurate; `paircurate run --overwrite` may delete it.\n")
+def _write_marker(out: OutputLayout) -> None:
+    if not storage.exists(out.marker):
+        storage.write_bytes(out.marker, b"This folder was made by paircurate; `paircurate run --overwrite` may delete it.\n")
 
 
 def _clip_stats(cfg: PipelineConfig, out_dir: str) -> dict:
@@ -264,10 +296,9 @@ def _clip_stats(cfg: PipelineConfig, out_dir: str) -> dict:
         "min_aesthetic": cfg.clip.min_aesthetic,
         "max_punsafe": cfg.clip.max_punsafe,
     }
-    cutoff_path = os.path.join(out_dir, CUTOFF_FILE)
-    if cfg.clip.top_percent is not None and os.path.exists(cutoff_path):
-        with open(cutoff_path) as fh:
-            cutoff = json.load(fh)["clip_top_percent_cutoff"]
+    recorded = OutputLayout(out_dir).read_json(OutputLayout(out_dir).cutoff) if cfg.clip.top_percent is not None else None
+    if recorded is not None:
+        cutoff = recorded["clip_top_percent_cutoff"]
         stats["clip_top_percent_cutoff"] = cutoff
         stats["clip_threshold"] = combined_threshold(threshold, cutoff)
     return stats
@@ -275,10 +306,11 @@ def _clip_stats(cfg: PipelineConfig, out_dir: str) -> dict:
 
 def _run_stats(out_dir: str, cfg: PipelineConfig, files: list[InputFile], work: WorkPlan, started: float,
                scoring: dict) -> dict:
-    shard_stats = read_shard_stats(out_dir)
+    out = OutputLayout(out_dir)
+    shard_stats = out.read_shard_stats()
     funnel = build_funnel(shard_stats, work.input_rows)
     stats = {
-        "output": os.path.abspath(out_dir),
+        "output": out_dir if out.is_remote() else os.path.abspath(out_dir),
         "shards": len(shard_stats),
         "funnel": funnel,
         "internal_errors": internal_error_summary(out_dir, funnel, cfg.runner.max_error_rate),
@@ -295,24 +327,21 @@ def _run_stats(out_dir: str, cfg: PipelineConfig, files: list[InputFile], work: 
     return stats
 
 
-def _check_plan(out_dir: str, files: list[InputFile], cfg: PipelineConfig) -> None:
+def _check_plan(out: OutputLayout, files: list[InputFile], cfg: PipelineConfig) -> None:
     """Refuse to resume into a folder planned from other inputs or shard size."""
     plan = {
         "shard_size": cfg.output.shard_size,
         "files": [[f.path, f.num_rows] for f in files],
     }
-    path = os.path.join(out_dir, PLAN_FILE)
-    if os.path.exists(path):
-        with open(path) as fh:
-            previous = json.load(fh)
+    previous = out.read_json(out.plan)
+    if previous is not None:
         if previous != plan:
             raise ConfigError(
-                f"{out_dir} holds a run over other inputs or another shard size ({path}); "
+                f"{out.root} holds a run over other inputs or another shard size ({out.plan}); "
                 "use a new output folder, or --overwrite to replace it"
             )
         return
-    with open(path, "w") as fh:
-        json.dump(plan, fh, indent=2)
+    out.write_json(out.plan, plan)
 
 
 def _remove_stale_temporaries(out_dir: str) -> None:

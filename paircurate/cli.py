@@ -27,6 +27,7 @@ from paircurate.schemas.config import (
     ENCODE_FORMATS,
     INPUT_FORMATS,
     RESIZE_MODES,
+    SPOOL_MODES,
     PipelineConfig,
     UserError,
 )
@@ -98,6 +99,7 @@ _RUN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--retry-failed", "runner.retry_failed", dict(action="store_const", const=True, help="re-attempt only the rows of the existing OUT rejected for a --retry-reasons reason; recovered rows become new shards")),
     ("--retry-reasons", "runner.retry_reasons", dict(metavar="REASONS", help="comma-separated reason codes --retry-failed re-attempts (default: timeout,connection_error,http_5xx,http_429,host_unavailable)")),
     ("--max-error-rate", "runner.max_error_rate", dict(type=float, help="share of rows that may end as internal_error; above it the run still writes everything, then exits with status 3 (default: 0.01)")),
+    ("--spool", "output.spool", dict(choices=SPOOL_MODES, help="where finished samples wait for their shard: store (OUT/_spool), shuffle (through the runner's shuffle), auto (default: a local spool on the in-process runner, the output store on others)")),
     ("--rows-per-pass", "runner.rows_per_pass", dict(type=int, help="input rows per pass of the pipeline, in whole shards; bounds memory on one machine (default 0: 500,000 on the in-process runner, one pass elsewhere)")),
 ]
 

@@ -14,22 +14,19 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from paircurate.inspection import QUANTILES, human_bytes, shard_files
+from paircurate import storage
+from paircurate.inspection import QUANTILES, human_bytes, read_schema, read_table
+from paircurate.storage.layout import OutputLayout
 from paircurate.schemas import records as R
 
-DATASHEET_FILE = "datasheet.md"
 LANGUAGE_SAMPLE = 2000  # captions language-identified (the first ones, in shard order)
 _ASK = "PUBLISHER:"
 
 
 def write_datasheet(out_dir: str, stats: dict) -> str:
-    path = os.path.join(out_dir, DATASHEET_FILE)
-    tmp = os.path.join(out_dir, f".{DATASHEET_FILE}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(build_datasheet(out_dir, stats))
-    os.replace(tmp, path)
+    path = OutputLayout(out_dir).datasheet
+    storage.write_bytes(path, build_datasheet(out_dir, stats).encode("utf-8"))
     return path
 
 
@@ -42,9 +39,9 @@ def _q(values: np.ndarray, fmt: str = "{:.0f}") -> str:
 def _kept_columns(out_dir: str) -> dict[str, list]:
     wanted = [R.ORIGINAL_WIDTH, R.ORIGINAL_HEIGHT, R.CAPTION, R.CLIP_SCORE, R.BYTE_SIZE]
     cols: dict[str, list] = {c: [] for c in wanted}
-    for path in shard_files(out_dir, "parquet"):
-        present = [c for c in wanted if c in pq.read_schema(path).names]
-        table = pq.read_table(path, columns=present)
+    for path in OutputLayout(out_dir).shard_files("parquet"):
+        present = [c for c in wanted if c in read_schema(path).names]
+        table = read_table(path, columns=present)
         for c in present:
             cols[c].extend(table.column(c).to_pylist())
     return cols
@@ -79,7 +76,7 @@ def build_datasheet(out_dir: str, stats: dict) -> str:
     langs = _languages(captions)
     sampled = min(len(captions), LANGUAGE_SAMPLE)
     reasons = funnel.get("reasons", {})
-    name = os.path.basename(os.path.abspath(out_dir))
+    name = out_dir.rstrip("/").rsplit("/", 1)[-1] if storage.is_remote(out_dir) else os.path.basename(os.path.abspath(out_dir))
 
     lines = [
         f"# Datasheet: {name}",
@@ -200,7 +197,7 @@ def build_datasheet(out_dir: str, stats: dict) -> str:
         "",
         "## Distribution",
         "",
-        f"- Files: {stats.get('shards', 0)} tars, {human_bytes(sum(os.path.getsize(p) for p in shard_files(out_dir, 'tar')))}.",
+        f"- Files: {stats.get('shards', 0)} tars, {human_bytes(sum(storage.size(p) for p in OutputLayout(out_dir).shard_files('tar')))}.",
         *_ask(
             "Under which license and terms of use is it distributed? Do third parties hold rights to the images?",
             "Will it be distributed as URLs only, or with images?",

@@ -114,6 +114,7 @@ def demo_config(input_path: str, out_dir: str, clip: bool, beam_args: list[str],
 def run_demo(out_dir: str, num_pairs: int = 300, clip: bool = True, beam_args: list[str] | None = None, progress: bool = True) -> int:
     from paircurate.api import run
     from paircurate.pipeline.stats import format_summary
+    from paircurate.storage.layout import OutputLayout
 
     os.makedirs(out_dir, exist_ok=True)
     input_path = os.path.join(out_dir, "demo_input.parquet")
@@ -125,8 +126,9 @@ def run_demo(out_dir: str, num_pairs: int = 300, clip: bool = True, beam_args: l
     print(format_summary(summary.stats))
     dataset = os.path.abspath(cfg.output.path)
     print(f"\noutput: {dataset}")
-    print(f"  shards:   {dataset}/00000.tar ... (webdataset), metadata: {dataset}/00000.parquet ...")
-    print(f"  rejects:  {dataset}/rejected/*.parquet    funnel: {dataset}/stats.json")
+    out = OutputLayout(dataset)
+    print(f"  shards:   {out.tar(0)} ... (webdataset), metadata: {out.parquet(0)} ...")
+    print(f"  rejects:  {out.rejected(0)} ...    funnel: {out.run_stats}")
     if cfg.runner.report:
-        print(f"  report:   {dataset}/report.html")
+        print(f"  report:   {out.report}")
     return 0

@@ -9,22 +9,18 @@ and the ``clip_score`` column, ``stats.json``), never the image bytes.
 
 from __future__ import annotations
 
-import json
-import os
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from paircurate import storage
 from paircurate.schemas.config import UserError
+from paircurate.storage.layout import RUN_STATS_FILE, OutputLayout
 from paircurate.schemas.records import CLIP_SCORE, SCHEMA_VERSION_KEY
 
-STATS_FILE = "stats.json"
-REJECTED_DIR = "rejected"
 QUANTILES = (("min", 0.0), ("p10", 0.10), ("p50", 0.50), ("p90", 0.90), ("max", 1.0))
-_SHARD_NAME = re.compile(r"^(\d+)\.(tar|parquet)$")
 
 
 @dataclass
@@ -41,38 +37,24 @@ class Inspection:
     reject_files: list[str] = field(default_factory=list)
 
 
-def shard_files(out_dir: str, ext: str) -> list[str]:
-    """``NNNNN.tar`` / ``NNNNN.parquet`` of the top level, in shard order (temporaries excluded)."""
-    found = []
-    for name in os.listdir(out_dir):
-        m = _SHARD_NAME.match(name)
-        if m and m.group(2) == ext:
-            found.append((int(m.group(1)), os.path.join(out_dir, name)))
-    return [p for _, p in sorted(found)]
+def read_schema(path: str) -> pa.Schema:
+    with storage.open_read(path) as fh:
+        return pq.read_schema(fh)
 
 
-def reject_files(out_dir: str) -> list[str]:
-    rdir = os.path.join(out_dir, REJECTED_DIR)
-    if not os.path.isdir(rdir):
-        return []
-    return sorted(os.path.join(rdir, n) for n in os.listdir(rdir) if re.match(r"^\d+\.parquet$", n))
-
-
-def load_stats(out_dir: str) -> dict | None:
-    path = os.path.join(out_dir, STATS_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as fh:
-        return json.load(fh)
+def read_table(path: str, columns: list[str] | None = None) -> pa.Table:
+    """A Parquet file of an output folder, local or on a store."""
+    with storage.open_read(path) as fh:
+        return pq.read_table(fh, columns=columns)
 
 
 def read_column(paths: list[str], column: str) -> np.ndarray:
     """One column across shards as float64, nulls dropped; empty when no file has the column."""
     chunks = []
     for p in paths:
-        if column not in pq.read_schema(p).names:
+        if column not in read_schema(p).names:
             continue
-        col = pq.read_table(p, columns=[column]).column(column).drop_null()
+        col = read_table(p, columns=[column]).column(column).drop_null()
         chunks.append(col.to_numpy().astype(np.float64))
     return np.concatenate(chunks) if chunks else np.zeros(0)
 
@@ -84,18 +66,22 @@ def quantiles(values: np.ndarray) -> dict[str, float] | None:
 
 
 def inspect_output(out_dir: str) -> Inspection:
-    if not os.path.isdir(out_dir):
+    out = OutputLayout(out_dir)
+    if not out.exists():
         raise UserError(f"{out_dir} is not a folder")
-    tars = shard_files(out_dir, "tar")
-    parquets = shard_files(out_dir, "parquet")
-    stats = load_stats(out_dir)
+    tars = out.shard_files("tar")
+    parquets = out.shard_files("parquet")
+    stats = out.load_run_stats()
     if not tars and not parquets and stats is None:
-        raise UserError(f"{out_dir} holds no paircurate output (no NNNNN.tar, NNNNN.parquet or {STATS_FILE})")
-    samples = sum(pq.read_metadata(p).num_rows for p in parquets)
+        raise UserError(f"{out_dir} holds no paircurate output (no NNNNN.tar, NNNNN.parquet or {RUN_STATS_FILE})")
+    samples = 0
+    for p in parquets:
+        with storage.open_read(p) as fh:
+            samples += pq.read_metadata(fh).num_rows
     schema: list[tuple[str, str]] = []
     version = None
     if parquets:
-        arrow_schema: pa.Schema = pq.read_schema(parquets[0])
+        arrow_schema: pa.Schema = read_schema(parquets[0])
         schema = [(f.name, str(f.type)) for f in arrow_schema]
         raw = (arrow_schema.metadata or {}).get(SCHEMA_VERSION_KEY)
         version = raw.decode() if raw is not None else None
@@ -104,12 +90,12 @@ def inspect_output(out_dir: str) -> Inspection:
         tars=tars,
         parquets=parquets,
         samples=samples,
-        tar_bytes=sum(os.path.getsize(t) for t in tars),
+        tar_bytes=sum(storage.size(t) for t in tars),
         schema=schema,
         schema_version=version,
         clip_quantiles=quantiles(read_column(parquets, CLIP_SCORE)),
         stats=stats,
-        reject_files=reject_files(out_dir),
+        reject_files=out.reject_files(),
     )
 
 
@@ -142,5 +128,5 @@ def format_inspection(ins: Inspection) -> str:
     if ins.stats is not None:
         lines.append(format_summary(ins.stats))
     else:
-        lines.append(f"  no {STATS_FILE}: the run did not finish")
+        lines.append(f"  no {RUN_STATS_FILE}: the run did not finish")
     return "\n".join(lines)

@@ -12,14 +12,12 @@ as it is, whatever mix of runs, resumes, retries and removals wrote it.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from datetime import datetime, timezone
 
+from paircurate import storage
 from paircurate.pipeline.ledger import blocklist_counts, host_stats
-
-STATS_FILE = "stats.json"
-HISTORY_FILE = "_history.json"  # retries and removals, kept across runs into the same folder
+from paircurate.storage.layout import OutputLayout
 
 
 def utc(timestamp: float) -> str:
@@ -28,7 +26,7 @@ def utc(timestamp: float) -> str:
 
 def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with storage.open_read(path) as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -47,24 +45,15 @@ def clip_weights_file(clip: dict) -> str | None:
 
 
 def read_history(out_dir: str) -> dict:
-    path = os.path.join(out_dir, HISTORY_FILE)
-    if not os.path.exists(path):
-        return {"retries": [], "removals": []}
-    with open(path) as fh:
-        return json.load(fh)
+    out = OutputLayout(out_dir)
+    return out.read_json(out.history) or {"retries": [], "removals": []}
 
 
 def append_history(out_dir: str, kind: str, entry: dict) -> None:
+    out = OutputLayout(out_dir)
     history = read_history(out_dir)
     history.setdefault(kind, []).append(entry)
-    _write_json(os.path.join(out_dir, HISTORY_FILE), history)
-
-
-def _write_json(path: str, payload: dict) -> None:
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    out.write_json(out.history, history)
 
 
 def finish_folder(out_dir: str, stats: dict, report: bool = True, blocklist_entries: dict | None = None) -> dict:
@@ -73,7 +62,7 @@ def finish_folder(out_dir: str, stats: dict, report: bool = True, blocklist_entr
     from paircurate.shardindex import write_shard_index
 
     for item in stats.get("inputs", []):
-        if "sha256" not in item and os.path.isfile(item["path"]):
+        if "sha256" not in item and (storage.is_remote(item["path"]) or os.path.isfile(item["path"])):
             item["sha256"] = file_sha256(item["path"])
     weights = clip_weights_file(stats.get("config", {}).get("clip") or {})
     if weights is not None and "clip_weights_sha256" not in stats:
@@ -85,7 +74,8 @@ def finish_folder(out_dir: str, stats: dict, report: bool = True, blocklist_entr
         counts.setdefault(name, {"rows": 0, "by_kind": {}})["entries"] = entries
     stats["blocklists"] = counts
     stats.update(read_history(out_dir))
-    _write_json(os.path.join(out_dir, STATS_FILE), stats)
+    out = OutputLayout(out_dir)
+    out.write_json(out.run_stats, stats)
     if report:
         from paircurate.report import write_report  # matplotlib only when a report is wanted
 

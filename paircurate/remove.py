@@ -21,7 +21,6 @@ the stored image when the run did not keep it).
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import tarfile
@@ -34,12 +33,12 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from paircurate.filters.blocklist import BlocklistMatch, Blocklists, load_blocklists, reject_row
-from paircurate.inspection import REJECTED_DIR, STATS_FILE, shard_files
+from paircurate import storage
 from paircurate.pipeline.stats import build_funnel, read_shard_stats
-from paircurate.pipeline.write import STATS_SUFFIX, _atomic_file, _atomic_write  # noqa: PLC2701 - the writer's own atomic files
 from paircurate.release import append_history, finish_folder, utc
 from paircurate.schemas import records as R
 from paircurate.schemas.config import UserError
+from paircurate.storage.layout import RUN_STATS_FILE, OutputLayout, embeddings_beside, parse_shard_file, sibling
 
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
@@ -48,7 +47,7 @@ def remove_blocklisted(out_dir: str, lists: list[str], new_dir: str) -> dict:
     """Write ``new_dir``: ``out_dir`` without the samples ``lists`` name. Returns what was removed, per list."""
     _check_folders(out_dir, new_dir)
     blocklists = load_blocklists(lists)
-    parquets = shard_files(out_dir, "parquet")
+    parquets = OutputLayout(out_dir).shard_files("parquet")
     if blocklists.needs_md5 and parquets and R.MD5 not in pq.read_schema(parquets[0]).names:
         raise UserError(
             f"{out_dir} stores no md5 column (written by an older paircurate), so md5 entries cannot be matched; "
@@ -61,26 +60,28 @@ def remove_blocklisted(out_dir: str, lists: list[str], new_dir: str) -> dict:
     for path, found in matches.items():
         if not found:
             continue
-        shard = int(os.path.basename(path).split(".")[0])
+        shard = parse_shard_file(os.path.basename(path))[0]
         _rewrite_shard(new_dir, shard, found)
         for match in found.values():
             removed_by_list[match.list_name] = removed_by_list.get(match.list_name, 0) + 1
 
-    with open(os.path.join(out_dir, STATS_FILE)) as fh:
-        stats = json.load(fh)
+    stats = OutputLayout(out_dir).load_run_stats()
     shard_stats = read_shard_stats(new_dir)
     stats["output"] = os.path.abspath(new_dir)
     stats["shards"] = len(shard_stats)
     stats["funnel"] = build_funnel(shard_stats, stats["funnel"]["input_rows"])
     entry = {"when": utc(time.time()), "from": os.path.abspath(out_dir), "lists": list(lists), "rows": sum(removed_by_list.values()), "by_list": removed_by_list}
     append_history(new_dir, "removals", entry)
-    finish_folder(new_dir, stats, report=os.path.exists(os.path.join(out_dir, "report.html")), blocklist_entries=blocklists.entry_counts)
+    finish_folder(new_dir, stats, report=os.path.exists(OutputLayout(out_dir).report), blocklist_entries=blocklists.entry_counts)
     return entry
 
 
 def _check_folders(out_dir: str, new_dir: str) -> None:
-    if not os.path.isfile(os.path.join(out_dir, STATS_FILE)):
-        raise UserError(f"{out_dir} holds no finished paircurate run (no {STATS_FILE}); finish or resume the run first")
+    for folder in (out_dir, new_dir):
+        if storage.is_remote(folder):  # the new version hard-links the old one's files
+            raise UserError(f"paircurate remove works on local folders; {folder} is on a store: copy it to disk first")
+    if not os.path.isfile(OutputLayout(out_dir).run_stats):
+        raise UserError(f"{out_dir} holds no finished paircurate run (no {RUN_STATS_FILE}); finish or resume the run first")
     if os.path.abspath(new_dir) == os.path.abspath(out_dir):
         raise UserError(f"-o must name a new folder, not {out_dir} itself: the old version stays as it was")
     if os.path.exists(new_dir) and (not os.path.isdir(new_dir) or os.listdir(new_dir)):
@@ -114,7 +115,7 @@ def _find_matches(parquet: str, blocklists: Blocklists) -> dict[str, BlocklistMa
         if match is not None:
             found[row[R.UID]] = match
     if need_phash:
-        found.update(_phash_matches(parquet[: -len(".parquet")] + ".tar", set(need_phash), blocklists))
+        found.update(_phash_matches(sibling(parquet, "tar"), set(need_phash), blocklists))
     return found
 
 
@@ -134,32 +135,32 @@ def _phash_matches(tar_path: str, uids: set[str], blocklists: Blocklists) -> dic
 
 
 def _rewrite_shard(new_dir: str, shard: int, found: dict[str, BlocklistMatch]) -> None:
-    name = f"{shard:05d}"
-    base = os.path.join(new_dir, name)
-    table = pq.read_table(base + ".parquet")
+    out = OutputLayout(new_dir)
+    table = pq.read_table(out.parquet(shard))
     keep = pc.invert(pc.is_in(table.column(R.UID), pa.array(sorted(found))))
     gone = table.filter(pc.invert(keep)).to_pylist()
     kept_table = table.filter(keep)
 
-    tar_bytes = _rewrite_tar(base + ".tar", set(found))
-    _atomic_write(base + ".parquet", lambda fh: pq.write_table(kept_table, fh))
+    tar_bytes = _rewrite_tar(out.tar(shard), set(found))
+    with storage.atomic_writer(out.parquet(shard)) as fh:
+        pq.write_table(kept_table, fh)
     mask = keep.to_numpy(zero_copy_only=False)
     for suffix in ("img", "txt"):
-        npy = f"{base}.{suffix}.npy"
+        npy = embeddings_beside(out.parquet(shard), suffix)
         if os.path.exists(npy):
             matrix = np.load(npy)[mask]
-            _atomic_write(npy, lambda fh, m=matrix: np.save(fh, m))
+            with storage.atomic_writer(npy) as fh:
+                np.save(fh, matrix)
 
-    reject_path = os.path.join(new_dir, REJECTED_DIR, f"{name}.parquet")
+    reject_path = out.rejected(shard)
     old_rejects = pq.read_table(reject_path)
     new_rows = [reject_row(row, found[row[R.UID]]) for row in gone]
     rejects = pa.concat_tables([old_rejects, R.to_table(new_rows, old_rejects.schema)])
     rejects = rejects.sort_by([(R.SOURCE_FILE, "ascending"), (R.SOURCE_ROW, "ascending")])
-    _atomic_write(reject_path, lambda fh: pq.write_table(rejects, fh))
+    with storage.atomic_writer(reject_path) as fh:
+        pq.write_table(rejects, fh)
 
-    stats_path = base + STATS_SUFFIX
-    with open(stats_path) as fh:
-        stats = json.load(fh)
+    stats = out.read_json(out.shard_stats(shard))
     stats["kept"] -= len(gone)
     stats["image_bytes"] -= sum(row.get(R.BYTE_SIZE) or 0 for row in gone)
     stats["tar_bytes"] = tar_bytes
@@ -167,13 +168,12 @@ def _rewrite_shard(new_dir: str, shard: int, found: dict[str, BlocklistMatch]) -
         reasons = stats["rejected"].setdefault(row[R.STAGE], {})
         reasons[row[R.REASON]] = reasons.get(row[R.REASON], 0) + 1
     stats["rejected"] = {stage: dict(sorted(c.items())) for stage, c in sorted(stats["rejected"].items())}
-    payload = json.dumps(stats, indent=2, sort_keys=True).encode()
-    _atomic_write(stats_path, lambda fh: fh.write(payload))
+    out.write_json(out.shard_stats(shard), stats)
 
 
 def _rewrite_tar(path: str, uids: set[str]) -> int:
     """Copy the tar without the members of ``uids``; headers and bytes of the rest as they were."""
-    with tarfile.open(path) as src, _atomic_file(path) as fh:
+    with tarfile.open(path) as src, storage.atomic_writer(path) as fh:
         with tarfile.open(fileobj=fh, mode="w|", format=tarfile.PAX_FORMAT) as dst:
             for member in src:
                 if member.name.partition(".")[0] in uids:

@@ -19,10 +19,11 @@ import tarfile
 from collections import defaultdict
 
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image
 
-from paircurate.inspection import human_bytes, inspect_output, read_column
+from paircurate import storage
+from paircurate.inspection import human_bytes, inspect_output, read_column, read_schema, read_table
+from paircurate.storage.layout import REPORT_FILE, OutputLayout  # noqa: F401  (REPORT_FILE: re-exported for callers)
 from paircurate.schemas.outcomes import Reason, Stage
 from paircurate.schemas.records import (
     AESTHETIC_SCORE,
@@ -40,7 +41,6 @@ from paircurate.schemas.records import (
     URL,
 )
 
-REPORT_FILE = "report.html"
 THUMB_SIDE = 128
 KEPT_GRID = 24
 EXAMPLES_PER_REASON = 3
@@ -62,14 +62,15 @@ td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 
 
 def write_report(out_dir: str) -> str:
-    """Write ``OUT/report.html`` and return its path (written under a temporary name, then renamed)."""
+    """Write ``OUT/report.html`` (local or on a store) in one piece and return its path."""
     page = build_report(out_dir)
-    path = os.path.join(out_dir, REPORT_FILE)
-    tmp = os.path.join(out_dir, f".{REPORT_FILE}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(page)
-    os.replace(tmp, path)
+    path = OutputLayout(out_dir).report
+    storage.write_bytes(path, page.encode("utf-8"))
     return path
+
+
+def _shown(out_dir: str) -> str:
+    return out_dir if storage.is_remote(out_dir) else os.path.abspath(out_dir)
 
 
 def build_report(out_dir: str) -> str:
@@ -86,9 +87,9 @@ def build_report(out_dir: str) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>paircurate report: {_e(os.path.abspath(out_dir))}</title>",
+        f"<title>paircurate report: {_e(_shown(out_dir))}</title>",
         f"<style>{_CSS}</style></head><body>",
-        f"<h1>paircurate report</h1><p class=\"muted\">{_e(os.path.abspath(out_dir))}</p>",
+        f"<h1>paircurate report</h1><p class=\"muted\">{_e(_shown(out_dir))}</p>",
         _overview(ins),
     ]
     if funnel:
@@ -121,8 +122,8 @@ def _reject_examples(paths: list[str], per_reason: int) -> tuple[dict[str, list[
     examples: dict[str, list[dict]] = defaultdict(list)
     scores: dict[str, list[np.ndarray]] = {c: [] for c in _SCORE_COLUMNS}
     for p in paths:
-        present = [c for c in columns if c in pq.read_schema(p).names]
-        table = pq.read_table(p, columns=present)
+        present = [c for c in columns if c in read_schema(p).names]
+        table = read_table(p, columns=present)
         for c in _SCORE_COLUMNS:
             if c in present:
                 scores[c].append(table.column(c).drop_null().to_numpy().astype(np.float64))
@@ -137,8 +138,8 @@ def _first_rows(paths: list[str], columns: list[str], n: int) -> list[dict]:
     for p in paths:
         if len(rows) >= n:
             break
-        present = [c for c in columns if c in pq.read_schema(p).names]
-        rows += pq.read_table(p, columns=present).slice(0, n - len(rows)).to_pylist()
+        present = [c for c in columns if c in read_schema(p).names]
+        rows += read_table(p, columns=present).slice(0, n - len(rows)).to_pylist()
     return rows
 
 
@@ -147,7 +148,7 @@ def _captions_of(paths: list[str], uids: set[str]) -> dict[str, str]:
         return {}
     found = {}
     for p in paths:
-        for r in pq.read_table(p, columns=[UID, CAPTION]).to_pylist():
+        for r in read_table(p, columns=[UID, CAPTION]).to_pylist():
             if r[UID] in uids:
                 found[r[UID]] = r[CAPTION]
     return found
@@ -159,7 +160,7 @@ def read_thumbnails(tars: list[str], uids: set[str], side: int = THUMB_SIDE) -> 
     if not uids:
         return found
     for path in tars:
-        with tarfile.open(path) as tf:
+        with storage.open_read(path) as fh, tarfile.open(fileobj=fh) as tf:
             for member in tf:
                 if not member.isfile():
                     continue

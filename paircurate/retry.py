@@ -21,7 +21,6 @@ finished shards are kept), and a plain run refuses the folder until then.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -30,13 +29,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from paircurate.inspection import reject_files
-from paircurate.pipeline.write import STATS_SUFFIX, _atomic_write, completed_shards, shard_name  # noqa: PLC2701 - the writer's own atomic files
-from paircurate.release import STATS_FILE, append_history, utc
+from paircurate import storage
+from paircurate.inspection import read_schema, read_table
+from paircurate.release import append_history, utc
 from paircurate.schemas import records as R
 from paircurate.schemas.config import ConfigError
+from paircurate.storage.layout import OutputLayout, parse_shard_file
 
-RETRY_FILE = "_retry.json"
 
 
 @dataclass(frozen=True)
@@ -72,33 +71,32 @@ def check_retry_folder(out_dir: str, cfg, overwrite: bool) -> None:
         return
     if overwrite:
         raise ConfigError("--retry-failed retries into the existing output folder; it cannot be combined with --overwrite")
-    if not os.path.exists(os.path.join(out_dir, STATS_FILE)) and not os.path.exists(os.path.join(out_dir, RETRY_FILE)):
+    out = OutputLayout(out_dir)
+    if not storage.exists(out.run_stats) and not storage.exists(out.retry_plan):
         raise ConfigError(f"--retry-failed needs a finished run in {out_dir}, and there is none; run once without --retry-failed first")
 
 
 def prepare_retry(out_dir: str, files, cfg, work) -> RetryPlan | None:
     """The retry to run (None without ``--retry-failed``); ConfigError for a folder that cannot be retried."""
-    path = os.path.join(out_dir, RETRY_FILE)
+    out = OutputLayout(out_dir)
+    path = out.retry_plan
     if not cfg.runner.retry_failed:
-        if os.path.exists(path):
+        if storage.exists(path):
             raise ConfigError(f"{out_dir} holds an unfinished --retry-failed ({path}); run the same command with --retry-failed to finish it")
         return None
     if cfg.clip.enabled and cfg.clip.top_percent is not None:
         raise ConfigError("--retry-failed cannot use --clip-top-percent (a retry scores only the retried rows); use --clip-threshold")
-    if os.path.exists(path):
-        with open(path) as fh:
-            return RetryPlan.from_json(json.load(fh))  # a killed retry: finish the same rows into the same shards
-    if work.pending_rows or not os.path.exists(os.path.join(out_dir, STATS_FILE)):
+    previous = out.read_json(path)
+    if previous is not None:
+        return RetryPlan.from_json(previous)  # a killed retry: finish the same rows into the same shards
+    if work.pending_rows or not storage.exists(out.run_stats):
         raise ConfigError(
             f"--retry-failed needs a finished run in {out_dir}, and {work.pending_rows or work.input_rows} input rows are not written there yet; "
             "run once without --retry-failed first"
         )
     plan = plan_retry(out_dir, files, cfg.runner.retry_reasons, cfg.output.shard_size)
     if plan.rows:
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as fh:
-            json.dump(plan.to_json(), fh)
-        os.replace(tmp, path)
+        storage.write_bytes(path, json.dumps(plan.to_json()).encode())
     return plan
 
 
@@ -107,30 +105,30 @@ def plan_retry(out_dir: str, files, reasons: tuple[str, ...], shard_size: int) -
     first_row = {f.path: f.first_row for f in files}
     attempts: dict[int, int] = {}
     by_reason: Counter = Counter()
-    for path in reject_files(out_dir):
-        names = pq.read_schema(path).names
+    for path in OutputLayout(out_dir).reject_files():
+        names = read_schema(path).names
         columns = [R.SOURCE_FILE, R.SOURCE_ROW, R.REASON] + ([R.ATTEMPTS] if R.ATTEMPTS in names else [])
-        table = pq.read_table(path, columns=columns)
+        table = read_table(path, columns=columns)
         table = table.filter(pc.is_in(table.column(R.REASON), pa.array(list(reasons))))
         for row in table.to_pylist():
             attempts[first_row[row[R.SOURCE_FILE]] + row[R.SOURCE_ROW]] = row.get(R.ATTEMPTS) or 1
             by_reason[row[R.REASON]] += 1
-    next_shard = max(completed_shards(out_dir), default=-1) + 1
+    next_shard = max(OutputLayout(out_dir).completed_shards(), default=-1) + 1
     rows = {g: next_shard + i // shard_size for i, g in enumerate(sorted(attempts))}
     return RetryPlan(utc(time.time()), tuple(reasons), rows, attempts, dict(sorted(by_reason.items())))
 
 
 def finish_retry(out_dir: str, plan: RetryPlan) -> None:
     """Move the retried rows' ledger entries to the new shards, count attempts, record the retry. Safe to run twice."""
+    out = OutputLayout(out_dir)
     new_shards = set(plan.rows.values())
     first_rows = _first_rows(out_dir)
     recovered = still_failing = 0
     for shard in sorted(new_shards):
         still_failing += _set_attempts(out_dir, shard, plan, first_rows)
-        with open(os.path.join(out_dir, f"{shard_name(shard)}{STATS_SUFFIX}")) as fh:
-            recovered += json.load(fh)["kept"]
-    for path in reject_files(out_dir):
-        shard = int(os.path.basename(path).split(".")[0])
+        recovered += out.read_json(out.shard_stats(shard))["kept"]
+    for path in out.reject_files():
+        shard = parse_shard_file(path.rsplit("/", 1)[-1])[0]
         if shard not in new_shards:
             _drop_retried(out_dir, shard, path, plan, first_rows)
     append_history(out_dir, "retries", {
@@ -143,9 +141,7 @@ def finish_retry(out_dir: str, plan: RetryPlan) -> None:
         "still_rejected": still_failing,
         "shards": sorted(new_shards),
     })
-    path = os.path.join(out_dir, RETRY_FILE)
-    if os.path.exists(path):
-        os.remove(path)
+    storage.remove(out.retry_plan)
 
 
 def _global_rows(table: pa.Table, files_first_row: dict[str, int]) -> list[int]:
@@ -153,8 +149,8 @@ def _global_rows(table: pa.Table, files_first_row: dict[str, int]) -> list[int]:
 
 
 def _first_rows(out_dir: str) -> dict[str, int]:
-    with open(os.path.join(out_dir, "_plan.json")) as fh:
-        plan = json.load(fh)
+    out = OutputLayout(out_dir)
+    plan = out.read_json(out.plan)
     first, offset = {}, 0
     for path, rows in plan["files"]:
         first[path] = offset
@@ -164,30 +160,30 @@ def _first_rows(out_dir: str) -> dict[str, int]:
 
 def _set_attempts(out_dir: str, shard: int, plan: RetryPlan, first_rows: dict[str, int]) -> int:
     """Every reject row of a retry shard: attempts = earlier attempts + 1. Returns the shard's reject count."""
-    path = os.path.join(out_dir, "rejected", f"{shard_name(shard)}.parquet")
-    table = pq.read_table(path)
+    path = OutputLayout(out_dir).rejected(shard)
+    table = read_table(path)
     attempts = pa.array([plan.attempts[g] + 1 for g in _global_rows(table, first_rows)], pa.int32())
     table = table.set_column(table.schema.get_field_index(R.ATTEMPTS), table.schema.field(R.ATTEMPTS), attempts)
-    _atomic_write(path, lambda fh: pq.write_table(table, fh))
+    with storage.atomic_writer(path) as fh:
+        pq.write_table(table, fh)
     return table.num_rows
 
 
 def _drop_retried(out_dir: str, shard: int, path: str, plan: RetryPlan, first_rows: dict[str, int]) -> None:
     """Remove the rows this retry re-attempted from an earlier shard's rejects, and recount its stats."""
-    table = pq.read_table(path)
+    table = read_table(path)
     flags = [g in plan.rows for g in _global_rows(table, first_rows)]
     if not any(flags):
         return
     retried = pa.array(flags, pa.bool_())
     table = table.filter(pc.invert(retried))
-    _atomic_write(path, lambda fh: pq.write_table(table, fh))
-    stats_path = os.path.join(out_dir, f"{shard_name(shard)}{STATS_SUFFIX}")
-    with open(stats_path) as fh:
-        stats = json.load(fh)
+    with storage.atomic_writer(path) as fh:
+        pq.write_table(table, fh)
+    out = OutputLayout(out_dir)
+    stats = out.read_json(out.shard_stats(shard))
     by_stage: dict[str, Counter] = defaultdict(Counter)
     for stage, reason in zip(table.column(R.STAGE).to_pylist(), table.column(R.REASON).to_pylist(), strict=True):
         by_stage[stage][reason] += 1
     stats["rejected"] = {stage: dict(sorted(c.items())) for stage, c in sorted(by_stage.items())}
     stats["input_rows"] = stats["kept"] + table.num_rows
-    payload = json.dumps(stats, indent=2, sort_keys=True).encode()
-    _atomic_write(stats_path, lambda fh: fh.write(payload))
+    out.write_json(out.shard_stats(shard), stats)

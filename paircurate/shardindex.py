@@ -15,32 +15,31 @@ import os
 
 import pyarrow.parquet as pq
 
-from paircurate.inspection import shard_files
-
-SHARD_INDEX_FILE = "shardindex.json"
+from paircurate import storage
+from paircurate.storage.layout import OutputLayout, sibling
 
 
 def build_shard_index(out_dir: str) -> dict:
+    out = OutputLayout(out_dir)
     shardlist = []
-    for tar in shard_files(out_dir, "tar"):
-        parquet = tar[: -len(".tar")] + ".parquet"
+    for tar in out.shard_files("tar"):
+        with storage.open_read(sibling(tar, "parquet")) as fh:
+            nsamples = pq.read_metadata(fh).num_rows
         shardlist.append({
-            "url": os.path.basename(tar),
-            "nsamples": pq.read_metadata(parquet).num_rows,
-            "filesize": os.path.getsize(tar),
+            "url": tar.rsplit("/", 1)[-1] if out.is_remote() else os.path.basename(tar),
+            "nsamples": nsamples,
+            "filesize": storage.size(tar),
         })
+    name = out_dir.rstrip("/").rsplit("/", 1)[-1] if out.is_remote() else os.path.basename(os.path.abspath(out_dir))
     return {
         "__kind__": "wids-shard-index-v1",
         "wids_version": 1,
-        "name": os.path.basename(os.path.abspath(out_dir)),
+        "name": name,
         "shardlist": shardlist,
     }
 
 
 def write_shard_index(out_dir: str) -> str:
-    path = os.path.join(out_dir, SHARD_INDEX_FILE)
-    tmp = os.path.join(out_dir, f".{SHARD_INDEX_FILE}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        json.dump(build_shard_index(out_dir), fh, indent=2)
-    os.replace(tmp, path)
-    return path
+    out = OutputLayout(out_dir)
+    storage.write_bytes(out.shard_index, json.dumps(build_shard_index(out_dir), indent=2).encode())
+    return out.shard_index

@@ -11,20 +11,19 @@ reads. The check passes when it read exactly the kept samples, each once.
 
 from __future__ import annotations
 
-import glob
 import logging
-import os
 import tarfile
 import tempfile
 
-import pyarrow.parquet as pq
-
+from paircurate import storage
+from paircurate.inspection import read_table
 from paircurate.schemas import records as R
+from paircurate.storage.layout import OutputLayout, parse_shard_file
 
 
 def _shards_with_samples(out_dir: str) -> list[str]:
     shards = []
-    for path in sorted(glob.glob(os.path.join(out_dir, "[0-9]*.tar"))):
+    for path in OutputLayout(out_dir).shard_files("tar"):
         with tarfile.open(path) as tar:
             if tar.next() is not None:
                 shards.append(path)
@@ -38,6 +37,13 @@ def _batch_size_for(n: int, largest: int = 32) -> int:
 
 
 def verify_train(out_dir: str, model: str | None = None, pretrained: str | None = None, batch_size: int | None = None) -> dict:
+    """On a store, the tars are first copied to a local temporary folder: open_clip_train reads local shards."""
+    kept = [u for p in OutputLayout(out_dir).shard_files("parquet") for u in read_table(p, columns=[R.UID]).column(R.UID).to_pylist()]
+    with storage.local_copy(out_dir, lambda name: (parse_shard_file(name) or (0, ""))[1] == "tar") as local:
+        return _verify_local(local, out_dir, kept, model, pretrained, batch_size)
+
+
+def _verify_local(local_dir: str, out_dir: str, kept: list[str], model: str | None, pretrained: str | None, batch_size: int | None) -> dict:
     from open_clip_train import data as train_data
     from open_clip_train import main as train_main
 
@@ -48,8 +54,7 @@ def verify_train(out_dir: str, model: str | None = None, pretrained: str | None 
 
     model = model or TINY_MODEL
     pretrained = pretrained or (str(TINY_CHECKPOINT_PATH) if model == TINY_MODEL else None)
-    kept = [u for p in sorted(glob.glob(os.path.join(out_dir, "[0-9]*.parquet"))) for u in pq.read_table(p, columns=[R.UID]).column(R.UID).to_pylist()]
-    shards = _shards_with_samples(out_dir)
+    shards = _shards_with_samples(local_dir)
     if not kept or not shards:
         raise ValueError(f"{out_dir}: no kept samples to train on")
     batch = batch_size or _batch_size_for(len(kept))

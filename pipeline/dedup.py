@@ -18,14 +18,13 @@ samples into reject rows (``duplicate_exact`` / ``duplicate_phash`` /
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import logging
-import os
 
 import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
+from paircurate import storage
 from paircurate.dedup.components import exact_pairs, resolve_duplicates
 from paircurate.dedup.perceptual import PhashIndex, pairs_within, phash_bands, phash_of_encoded
 from paircurate.imaging.prepare import prepare_image
@@ -34,6 +33,7 @@ from paircurate.schemas import records as R
 from paircurate.schemas.config import DedupConfig, ImageConfig
 from paircurate.schemas.identity import normalize_url
 from paircurate.schemas.outcomes import Reason, Stage
+from paircurate.storage.layout import OutputLayout, embeddings_beside
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ class _DedupKeyFn(IsolatedDoFn):
 
 
 def reference_shards(out_dir: str) -> list[str]:
-    """The shard Parquet files of an earlier run (``--dedup-against``)."""
-    paths = sorted(glob.glob(os.path.join(out_dir, "[0-9]*.parquet")))
+    """The shard Parquet files of an earlier run (``--dedup-against``), local or on a store."""
+    paths = OutputLayout(out_dir).shard_files("parquet")
     if not paths:
         raise FileNotFoundError(f"--dedup-against {out_dir}: no shard Parquet files (NNNNN.parquet) found")
     return paths
@@ -82,9 +82,13 @@ def reference_shards(out_dir: str) -> list[str]:
 
 def read_reference_keys(path: str):
     """Key records of one shard of an earlier run; read on a worker, not in the driver."""
-    table = pq.read_table(path, columns=[R.UID, R.URL, R.SHA256, R.PHASH, R.CLIP_SCORE])
-    npy = path[: -len(".parquet")] + ".img.npy"
-    emb = np.load(npy).astype(np.float32) if os.path.exists(npy) else None
+    with storage.open_read(path) as fh:
+        table = pq.read_table(fh, columns=[R.UID, R.URL, R.SHA256, R.PHASH, R.CLIP_SCORE])
+    npy = embeddings_beside(path)
+    emb = None
+    if storage.exists(npy):
+        with storage.open_read(npy) as fh:
+            emb = np.load(fh).astype(np.float32)
     for i, row in enumerate(table.to_pylist()):
         yield {
             R.UID: row[R.UID], R.SHARD: -1, R.CLIP_SCORE: row[R.CLIP_SCORE], R.SHA256: row[R.SHA256],
@@ -103,14 +107,14 @@ def load_eval_hashes(source: str, image_cfg: ImageConfig) -> list[tuple[str, str
     ``sha256`` columns or an ``image`` column of encoded bytes.
     """
     items = []
-    if os.path.isdir(source):
-        for path in sorted(glob.glob(os.path.join(source, "**", "*"), recursive=True)):
+    if storage.isdir(source):
+        for path in storage.find(source):
             if path.lower().endswith(_IMAGE_SUFFIXES):
-                with open(path, "rb") as fh:
-                    data = fh.read()
-                items.append((os.path.relpath(path, source), *_hashes_of(data, path, image_cfg)))
+                data = storage.read_bytes(path)
+                items.append((path[len(source.rstrip("/")) + 1 :], *_hashes_of(data, path, image_cfg)))
     else:
-        table = pq.read_table(source)
+        with storage.open_read(source) as fh:
+            table = pq.read_table(fh)
         names = table.column_names
         id_col = "id" if "id" in names else "uid"
         if id_col not in names:

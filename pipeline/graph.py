@@ -23,6 +23,7 @@ from paircurate.pipeline.read import InputFile, ReadPairs
 from paircurate.pipeline.spool import SpoolSamples
 from paircurate.pipeline.write import WriteShards
 from paircurate.schemas.config import PipelineConfig
+from paircurate.storage.layout import OutputLayout
 
 
 def build_graph(
@@ -33,6 +34,7 @@ def build_graph(
     progress_dir: str | None = None,
     written_shards: tuple[str, ...] = (),
     rows: Mapping[int, int] | None = None,
+    spool_dir: str | None = "",
 ) -> beam.PCollection:
     """Add the whole curation graph to ``p``; returns the per-shard stats PCollection.
 
@@ -40,7 +42,11 @@ def build_graph(
     shards already in the output folder) are dedup's pinned keepers.
     ``rows`` ({global input row: shard}) reads only those rows, into those
     shards: what ``--retry-failed`` re-attempts.
+    ``spool_dir`` is where finished samples wait (default OUT/_spool); None:
+    they travel through the shuffle.
     """
+    if spool_dir == "":
+        spool_dir = OutputLayout(cfg.output.path).spool_dir
     pairs = p | "Read" >> ReadPairs(files, cfg.input, cfg.output.shard_size, skip_shards, rows)
     captions = pairs.kept | "Captions" >> CleanCaptions(cfg.caption)
     to_fetch = captions.kept
@@ -71,7 +77,7 @@ def build_graph(
     # Two branches of the same fused stage: dedup takes a few key fields, the
     # spool parks whole samples on disk; only keys and pointers get shuffled.
     removals = kept | "Dedup" >> FindDuplicates(cfg.dedup, cfg.image, semantic=cfg.clip.enabled, written_shards=written_shards)
-    spooled = kept | "Spool" >> SpoolSamples(cfg.output.path)
+    spooled = kept | "Spool" >> SpoolSamples(spool_dir)
     rejected.append(spooled.rejected)
     all_rejected = rejected | "AllRejects" >> beam.Flatten()
-    return (spooled.kept, all_rejected, removals) | "Write" >> WriteShards(cfg.output.path, cfg.input.save_cols)
+    return (spooled.kept, all_rejected, removals) | "Write" >> WriteShards(cfg.output.path, cfg.input.save_cols, spool_dir)

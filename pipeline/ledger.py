@@ -17,9 +17,9 @@ from collections import Counter, defaultdict
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from paircurate.inspection import reject_files, shard_files
+from paircurate.inspection import read_table
+from paircurate.storage.layout import OutputLayout
 from paircurate.schemas import records as R
 from paircurate.schemas.outcomes import Reason, Stage
 
@@ -86,12 +86,12 @@ def host_stats(out_dir: str, top: int = TOP_HOSTS) -> dict:
     """stats.json "hosts": per host attempts, kept, failures per class, for the top hosts by volume and by failures."""
     kept: Counter = Counter()
     classes: dict[str, Counter] = defaultdict(Counter)
-    for path in shard_files(out_dir, "parquet"):
-        urls = pq.read_table(path, columns=[R.URL]).column(R.URL)
+    for path in OutputLayout(out_dir).shard_files("parquet"):
+        urls = read_table(path, columns=[R.URL]).column(R.URL)
         for host, n in _value_counts(hosts_of(urls.combine_chunks())):
             kept[host or NO_HOST] += n
-    for path in reject_files(out_dir):
-        table = pq.read_table(path, columns=[R.URL, R.STAGE, R.REASON, R.DETAIL])
+    for path in OutputLayout(out_dir).reject_files():
+        table = read_table(path, columns=[R.URL, R.STAGE, R.REASON, R.DETAIL])
         table = table.filter(pc.is_in(table.column(R.STAGE), pa.array(_ATTEMPTED_STAGES)))
         if not table.num_rows:
             continue
@@ -171,8 +171,8 @@ def blocklist_counts(out_dir: str, list_names: list[str] | tuple[str, ...] = ())
     from paircurate.filters.blocklist import BlocklistMatch
 
     counts: dict[str, Counter] = {name: Counter() for name in list_names}
-    for path in reject_files(out_dir):
-        table = pq.read_table(path, columns=[R.REASON, R.DETAIL])
+    for path in OutputLayout(out_dir).reject_files():
+        table = read_table(path, columns=[R.REASON, R.DETAIL])
         table = table.filter(pc.equal(table.column(R.REASON), Reason.BLOCKLISTED.value))
         for detail in table.column(R.DETAIL).to_pylist():
             match = BlocklistMatch.from_detail(detail)

@@ -3,7 +3,8 @@
 Workers may be threads of this process, other processes or other machines, so
 they cannot update the driver's progress bar directly. Each DoFn instance
 writes its running count to a small file under ``OUT/_progress/`` at most once
-a second; the driver sums the files and moves a tqdm bar.
+a second (every ``_REMOTE_WRITE_INTERVAL_S`` on an object store, where each
+write is a PUT); the driver sums the files and moves a tqdm bar.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import uuid
 
 from tqdm import tqdm
 
-PROGRESS_DIR = "_progress"
+from paircurate import storage
+
 _WRITE_INTERVAL_S = 1.0
+_REMOTE_WRITE_INTERVAL_S = 5.0
 
 
 class ProgressReporter:
@@ -25,25 +28,23 @@ class ProgressReporter:
         self._count = 0
         self._last_write = 0.0
         self._path = None
+        self._interval = _WRITE_INTERVAL_S
         if progress_dir:
-            self._path = os.path.join(progress_dir, f"{os.getpid()}-{uuid.uuid4().hex[:12]}.count")
+            self._path = storage.join(progress_dir, f"{os.getpid()}-{uuid.uuid4().hex[:12]}.count")
+            self._interval = _REMOTE_WRITE_INTERVAL_S if storage.is_remote(progress_dir) else _WRITE_INTERVAL_S
 
     def add(self, n: int) -> None:
         self._count += n
-        if self._path and time.monotonic() - self._last_write >= _WRITE_INTERVAL_S:
+        if self._path and time.monotonic() - self._last_write >= self._interval:
             self.flush()
 
     def flush(self) -> None:
         if not self._path:
             return
         try:
-            os.makedirs(self._dir, exist_ok=True)
-            tmp = self._path + ".tmp"
-            with open(tmp, "w") as fh:
-                fh.write(str(self._count))
-            os.replace(tmp, self._path)
-        except OSError:
-            pass  # progress is cosmetic; a full disk shows up in the real writes
+            storage.write_bytes(self._path, str(self._count).encode())
+        except (OSError, storage.StorageError):
+            pass  # progress is cosmetic; a full disk or a refusing store shows up in the real writes
         self._last_write = time.monotonic()
 
 
@@ -75,17 +76,16 @@ class ProgressMonitor:
             self._bar.close()
 
     def _poll(self) -> None:
-        while not self._stop.wait(0.5):
+        while not self._stop.wait(2.0 if storage.is_remote(self._dir) else 0.5):
             self._update()
 
     def _update(self) -> None:
         total = 0
         try:
-            for name in os.listdir(self._dir):
+            for name in storage.names(self._dir):
                 if name.endswith(".count"):
-                    with open(os.path.join(self._dir, name)) as fh:
-                        total += int(fh.read() or 0)
-        except (OSError, ValueError):
+                    total += int(storage.read_bytes(storage.join(self._dir, name)) or 0)
+        except (OSError, ValueError, storage.StorageError):
             return
         if self._bar is not None and total > self._bar.n:
             self._bar.update(min(total, self._total) - self._bar.n)

@@ -10,7 +10,6 @@ re-run can skip finished shards without reading them.
 from __future__ import annotations
 
 import bz2
-import glob
 import gzip
 import io
 import itertools
@@ -26,6 +25,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import zstandard
+from paircurate import storage
 from paircurate.filters.url import check_url
 from paircurate.pipeline.stage import REJECTED, IsolatedDoFn, StageCounters, StageOutputs
 from paircurate.schemas import records as R
@@ -59,7 +59,9 @@ def compression_of(path: str) -> str:
 
 
 def open_input(path: str) -> BinaryIO:
-    """``path`` opened for reading its (decompressed) bytes."""
+    """``path`` opened for reading its (decompressed) bytes; a store's object (``s3://``, ``gs://``) too."""
+    if storage.is_remote(path):
+        return storage.open_input(path)  # fsspec decompresses by the same suffixes
     compression = compression_of(path)
     if compression == ".gz":
         return gzip.open(path, "rb")
@@ -109,13 +111,15 @@ def detect_format(path: str, declared: str = "auto") -> str:
 
 
 def expand_paths(patterns: tuple[str, ...] | list[str]) -> list[str]:
+    """Local paths, ``s3://``/``gs://``/... URLs and globs of either, expanded in order."""
     paths: list[str] = []
     for pattern in patterns:
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        matches = storage.glob(pattern) if storage.has_magic(pattern) else [pattern]
         if not matches:
             raise InputError(f"{pattern}: no file matches this pattern")
         for path in matches:
-            if not os.path.isfile(path):
+            is_file = storage.exists(path) and not storage.isdir(path) if storage.is_remote(path) else os.path.isfile(path)
+            if not is_file:
                 raise InputError(f"{path}: no such file")
             try:
                 path.encode("utf-8")  # every record carries it as source_file

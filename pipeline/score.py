@@ -16,9 +16,7 @@ no score is ever collected in the driver.
 from __future__ import annotations
 
 import io
-import json
 import logging
-import os
 
 import apache_beam as beam
 import numpy as np
@@ -33,11 +31,11 @@ from paircurate.pipeline.stage import REJECTED, IsolatedDoFn, StageCounters, Sta
 from paircurate.schemas import records as R
 from paircurate.schemas.config import ClipConfig, UserError
 from paircurate.schemas.outcomes import Stage
+from paircurate.storage.layout import OutputLayout
 from PIL import Image
 
 log = logging.getLogger(__name__)
 
-CUTOFF_FILE = "_clip_cutoff.json"  # the top-percent cutoff, written when the run computes it
 _QUANTILES = 1001  # 0.1 % resolution for --clip-top-percent
 
 
@@ -163,11 +161,8 @@ class _RecordCutoff(beam.DoFn):
 
     def process(self, quantiles):
         cutoff = top_percent_cutoff(quantiles, self._percent)
-        path = os.path.join(self._out, CUTOFF_FILE)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as fh:
-            json.dump({"clip_top_percent_cutoff": cutoff}, fh)
-        os.replace(tmp, path)
+        out = OutputLayout(self._out)
+        out.write_json(out.cutoff, {"clip_top_percent_cutoff": cutoff})
         yield cutoff
 
 

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import importlib.metadata
-import json
-import os
 import platform
 from collections import Counter, defaultdict
 
-import glob
-
 import pyarrow.parquet as pq
+from paircurate import storage
 from paircurate.pipeline.stage import internal_error_type
-from paircurate.pipeline.write import REJECTED_DIR, STATS_SUFFIX
 from paircurate.schemas import records as R
 from paircurate.schemas.outcomes import Reason, Stage
+from paircurate.storage.layout import REJECTED_DIR, OutputLayout
 
 _TOP_TYPES = 5
 
@@ -32,12 +29,7 @@ def package_versions() -> dict[str, str]:
 
 
 def read_shard_stats(out_dir: str) -> list[dict]:
-    stats = []
-    for name in sorted(os.listdir(out_dir)):
-        if name.endswith(STATS_SUFFIX) and name[: -len(STATS_SUFFIX)].isdigit():
-            with open(os.path.join(out_dir, name)) as fh:
-                stats.append(json.load(fh))
-    return stats
+    return OutputLayout(out_dir).read_shard_stats()
 
 
 def build_funnel(shard_stats: list[dict], input_rows: int) -> dict:
@@ -71,8 +63,9 @@ def internal_error_summary(out_dir: str, funnel: dict, max_error_rate: float) ->
     rate = rows / funnel["input_rows"] if funnel["input_rows"] else 0.0
     types: Counter = Counter()
     if rows:
-        for path in sorted(glob.glob(os.path.join(out_dir, REJECTED_DIR, "*.parquet"))):
-            table = pq.read_table(path, columns=[R.REASON, R.DETAIL], filters=[(R.REASON, "==", Reason.INTERNAL_ERROR.value)])
+        for path in OutputLayout(out_dir).reject_files():
+            with storage.open_read(path) as fh:
+                table = pq.read_table(fh, columns=[R.REASON, R.DETAIL], filters=[(R.REASON, "==", Reason.INTERNAL_ERROR.value)])
             types.update(internal_error_type(d) for d in table.column(R.DETAIL).to_pylist())
     return {
         "rows": rows,
@@ -90,7 +83,7 @@ def format_error_rate_failure(stats: dict) -> str:
     return (
         f"{errors['rows']} of {stats['funnel']['input_rows']} rows ({errors['rate']:.2%}) ended as internal_error, "
         f"above --max-error-rate {errors['max_error_rate']:.2%}; top exception types: {top}. Everything was written: "
-        f"see reason internal_error in {stats['output']}/{REJECTED_DIR}/*.parquet"
+        f"see reason internal_error in {OutputLayout(stats['output']).path(REJECTED_DIR, '*.parquet')}"
     )
 
 

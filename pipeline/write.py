@@ -1,17 +1,10 @@
 """Write stage: one WebDataset tar, one Parquet, one reject Parquet and a stats file per shard.
 
-Layout of an output folder::
-
-    00000.tar            {uid}.jpg  {uid}.txt  {uid}.json  per kept sample
-    00000.parquet        one row per kept sample (schemas.records.sample_schema)
-    00000.img.npy        CLIP image embeddings, float16, rows aligned with the Parquet (CLIP on)
-    00000.txt.npy        CLIP text embeddings, likewise
-    rejected/00000.parquet   one row per rejected input row of the shard
-    00000_stats.json     written last: its presence means the shard is complete
-
-Every file is written under a temporary name and renamed into place, so a
-reader never sees a truncated tar, and a retried bundle simply replaces the
-files with identical ones.
+The names and what "complete" means live in ``schemas.layout``; bytes go
+through ``paircurate.storage``. Every file appears whole or not at all (a
+renamed temporary on disk, a single PUT or completed multipart upload on an
+object store), the stats file last, so a reader never sees a truncated tar
+and a retried bundle simply replaces the files with identical ones.
 
 Tars are written with the standard library in WebDataset's layout rather
 than through ``webdataset.TarWriter``: importing webdataset imports torch,
@@ -21,12 +14,9 @@ tests read every shard back with webdataset.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
 import tarfile
-import uuid
 from collections import Counter, defaultdict
 from typing import Iterable, NamedTuple
 
@@ -34,13 +24,13 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from paircurate.pipeline.spool import input_position, is_pointer, load_sample, remove_shard_spool
+from paircurate import storage
+from paircurate.pipeline.spool import input_position, is_pointer, load_sample, prefetched, remove_shard_spool
 from paircurate.pipeline.stage import METRICS_NAMESPACE, RowIsolation, StageCounters
 from paircurate.schemas import records as R
+from paircurate.storage.layout import OutputLayout
 from paircurate.schemas.outcomes import Reason, Stage
 
-STATS_SUFFIX = "_stats.json"
-REJECTED_DIR = "rejected"
 _TAR_MTIME = 0  # fixed so identical shards are byte-identical across runs; an int, or every member gets a PAX header
 # In-flight fields that go into their own files, not into Parquet or json.
 _BULK_FIELDS = (R.IMAGE, R.IMAGE_EMBEDDING, R.TEXT_EMBEDDING, R.EXTRA)
@@ -51,42 +41,6 @@ _GROUP_BYTES = 64 * 1024 * 1024
 # Timings differ from run to run; they stay in the Parquet but out of the tar,
 # so the same input gives byte-identical shards.
 _TAR_EXCLUDED = _BULK_FIELDS + (R.DOWNLOAD_SECONDS, R.CAPTION_TOKENS)
-
-
-def shard_name(shard: int) -> str:
-    return f"{shard:05d}"
-
-
-def completed_shards(out_dir: str) -> frozenset[int]:
-    """Shards whose stats file exists: finished in an earlier run."""
-    if not os.path.isdir(out_dir):
-        return frozenset()
-    done = set()
-    for name in os.listdir(out_dir):
-        if name.endswith(STATS_SUFFIX) and name[: -len(STATS_SUFFIX)].isdigit():
-            done.add(int(name[: -len(STATS_SUFFIX)]))
-    return frozenset(done)
-
-
-@contextlib.contextmanager
-def _atomic_file(path: str):
-    """A file handle whose content appears at ``path`` only if the block completes."""
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
-    try:
-        with open(tmp, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _atomic_write(path: str, write) -> None:
-    with _atomic_file(path) as fh:
-        write(fh)
 
 
 def _json_safe(value):
@@ -105,8 +59,10 @@ class ShardWriter:
         >>> ShardWriter(out_dir, save_cols=("license",)).write(7, samples, rejects)
     """
 
-    def __init__(self, out_dir: str, save_cols: tuple[str, ...] = ()) -> None:
-        self._out = out_dir
+    def __init__(self, out_dir: str, save_cols: tuple[str, ...] = (), spool_dir: str | None = "") -> None:
+        self._layout = OutputLayout(out_dir)
+        # "": the spool in OUT; None: samples came through the shuffle, nothing to remove.
+        self._spool_dir = self._layout.spool_dir if spool_dir == "" else spool_dir
         self._save_cols = save_cols
         self._sample_schema = R.sample_schema(save_cols)
         self._reject_schema = R.reject_schema(save_cols)
@@ -115,7 +71,7 @@ class ShardWriter:
         """Write the shard; ``removals`` (from dedup) turn kept samples into reject rows.
 
         ``samples`` may be spool pointers (``spool.SampleSpool``) or whole
-        samples. They are read back one at a time and streamed into the tar,
+        samples. They are read back a few at a time (``spool.prefetched``) and streamed into the tar,
         the Parquet (row groups of ``_ROW_GROUP`` rows) and the embedding
         files, so a shard's images and metadata are never all in memory.
 
@@ -123,15 +79,13 @@ class ShardWriter:
         second writer) returns its stats instead of writing it again, which
         also matters because completion removes the shard's spooled samples.
         """
-        marker = os.path.join(self._out, f"{shard_name(shard)}{STATS_SUFFIX}")
-        if os.path.exists(marker):
-            with open(marker) as fh:
-                return json.load(fh)
+        out = self._layout
+        done = out.read_json(out.shard_stats(shard))
+        if done is not None:
+            return done
         removed = {r[R.UID]: r for r in removals}
         pointers = sorted(samples, key=input_position)  # the same order in every run
         rejects = list(rejects)
-        name = shard_name(shard)
-        os.makedirs(os.path.join(self._out, REJECTED_DIR), exist_ok=True)
 
         # Each sample is prepared (read back, its tar members and Parquet row
         # built) under per-row isolation, and a row group is written only once
@@ -140,7 +94,7 @@ class ShardWriter:
         isolation = RowIsolation(Stage.WRITE, to_output=lambda row: (None, row))
         kept = image_bytes = 0
         embeddings: dict[str, list[np.ndarray]] = {R.IMAGE_EMBEDDING: [], R.TEXT_EMBEDDING: []}
-        with _atomic_file(os.path.join(self._out, f"{name}.tar")) as tar_fh, _atomic_file(os.path.join(self._out, f"{name}.parquet")) as pq_fh:
+        with storage.atomic_writer(out.tar(shard)) as tar_fh, storage.atomic_writer(out.parquet(shard)) as pq_fh:
             with tarfile.open(fileobj=tar_fh, mode="w|", format=tarfile.PAX_FORMAT) as tar, pq.ParquetWriter(pq_fh, self._sample_schema) as parquet:
                 group: list[_Prepared] = []
                 group_bytes = 0
@@ -160,8 +114,8 @@ class ShardWriter:
                     group.clear()
                     group_bytes = 0
 
-                for pointer in pointers:
-                    for item, reject in isolation.run(_pointer_record(pointer, shard), _prepare_sample, pointer, removed):
+                for pointer, spooled in prefetched(pointers):
+                    for item, reject in isolation.run(_pointer_record(pointer, shard), _prepare_sample, pointer, removed, spooled):
                         if reject is not None:
                             rejects.append(reject)
                         else:
@@ -177,10 +131,12 @@ class ShardWriter:
                 if len(embeddings[field]) != kept:
                     raise ValueError(f"shard {shard}: {len(embeddings[field])} of {kept} samples have {field}")
                 matrix = np.stack(embeddings[field])
-                _atomic_write(os.path.join(self._out, f"{name}.{suffix}.npy"), lambda fh, m=matrix: np.save(fh, m))
+                with storage.atomic_writer(out.embeddings(shard, suffix)) as fh:
+                    np.save(fh, matrix)
         rejects.sort(key=input_position)
         reject_table = _reject_table(rejects, self._reject_schema)
-        _atomic_write(os.path.join(self._out, REJECTED_DIR, f"{name}.parquet"), lambda fh: pq.write_table(reject_table, fh))
+        with storage.atomic_writer(out.rejected(shard)) as fh:
+            pq.write_table(reject_table, fh)
 
         by_stage: dict[str, Counter] = defaultdict(Counter)
         for r in rejects:
@@ -194,9 +150,9 @@ class ShardWriter:
             "image_bytes": image_bytes,
         }
         # Last: the stats file is the completion marker a re-run looks for.
-        payload = json.dumps(stats, indent=2, sort_keys=True).encode()
-        _atomic_write(os.path.join(self._out, f"{name}{STATS_SUFFIX}"), lambda fh: fh.write(payload))
-        remove_shard_spool(self._out, shard)
+        out.write_json(out.shard_stats(shard), stats)
+        if self._spool_dir is not None:
+            remove_shard_spool(self._spool_dir, shard)
         return stats
 
     def _row_group(self, group: list[_Prepared], isolation: RowIsolation, rejects: list[dict]) -> tuple[pa.Table, list[_Prepared]]:
@@ -230,9 +186,9 @@ def _pointer_record(pointer, shard: int) -> dict:
     return {R.SOURCE_FILE: pointer[0], R.SOURCE_ROW: pointer[1], R.UID: pointer[2], R.SHARD: shard}
 
 
-def _prepare_sample(pointer, removed: dict[str, dict]):
+def _prepare_sample(pointer, removed: dict[str, dict], data: bytes | None = None):
     """Yields ``(prepared, None)`` for a sample to write, ``(None, reject row)`` for one dedup removed."""
-    sample = load_sample(pointer)
+    sample = load_sample(pointer, data)
     if sample[R.UID] in removed:
         yield None, _removal_reject(sample, removed[sample[R.UID]])
         return
@@ -301,12 +257,13 @@ def _removal_reject(sample: dict, removal: dict) -> dict:
 
 
 class _WriteShardFn(beam.DoFn):
-    def __init__(self, out_dir: str, save_cols: tuple[str, ...]) -> None:
+    def __init__(self, out_dir: str, save_cols: tuple[str, ...], spool_dir: str | None) -> None:
         self._out = out_dir
         self._save_cols = save_cols
+        self._spool_dir = spool_dir
 
     def setup(self) -> None:
-        self._writer = ShardWriter(self._out, self._save_cols)
+        self._writer = ShardWriter(self._out, self._save_cols, self._spool_dir)
         self._shards = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "write.shards")
         self._dedup = StageCounters(Stage.DEDUP)
 
@@ -324,10 +281,11 @@ class _WriteShardFn(beam.DoFn):
 class WriteShards(beam.PTransform):
     """((shard, kept sample pointer), rejects, dedup removals) -> files per shard; outputs each shard's stats dict."""
 
-    def __init__(self, out_dir: str, save_cols: tuple[str, ...] = ()) -> None:
+    def __init__(self, out_dir: str, save_cols: tuple[str, ...] = (), spool_dir: str | None = "") -> None:
         super().__init__()
         self._out = out_dir
         self._save_cols = save_cols
+        self._spool_dir = spool_dir
 
     def expand(self, inputs):
         keyed_kept, rejected, removals = inputs  # kept samples come as (shard, spool pointer)
@@ -336,7 +294,7 @@ class WriteShards(beam.PTransform):
         return (
             {"kept": keyed_kept, "rejected": keyed_rejected, "removals": keyed_removals}
             | "GroupByShard" >> beam.CoGroupByKey()
-            | "WriteShard" >> beam.ParDo(_WriteShardFn(self._out, self._save_cols))
+            | "WriteShard" >> beam.ParDo(_WriteShardFn(self._out, self._save_cols, self._spool_dir))
         )
 
 

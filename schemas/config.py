@@ -254,14 +254,22 @@ class DedupConfig:
         check(self.semantic_clusters >= 0, "dedup.semantic_clusters must be >= 0")
 
 
+SPOOL_MODES = ("auto", "store", "shuffle")
+
+
 @dataclass(frozen=True)
 class OutputConfig:
     path: str = ""
     shard_size: int = 10_000  # input rows per shard, as img2dataset counts them
+    # Where finished samples wait for their shard's writer: "store" (OUT/_spool,
+    # on whatever OUT is), "shuffle" (through the runner's shuffle), or "auto"
+    # (a local spool on the in-process runner, the output store elsewhere).
+    spool: str = "auto"
 
     def __post_init__(self) -> None:
         check_types(self, "output")
         check(self.shard_size >= 1, "output.shard_size must be >= 1")
+        check(self.spool in SPOOL_MODES, f"output.spool must be one of {SPOOL_MODES}, got {self.spool!r}")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from paircurate.api import OUTPUT_MARKER, PLAN_FILE
+from paircurate.storage.layout import MARKER_FILE as OUTPUT_MARKER, PLAN_FILE
 from paircurate.cli import main
 
 

@@ -11,7 +11,7 @@ import pytest
 from helpers import encode, ledger, photo
 
 from paircurate.cli import main
-from paircurate.retry import RETRY_FILE
+from paircurate.storage.layout import RETRY_FILE
 
 
 @pytest.fixture

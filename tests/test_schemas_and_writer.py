@@ -13,7 +13,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from helpers import solid_jpeg
 from paircurate.pipeline import write as W
 from paircurate.pipeline.captions import CleanCaptions
-from paircurate.pipeline.write import ShardWriter, completed_shards
+from paircurate.pipeline.write import ShardWriter
+from paircurate.storage import layout as L
 from paircurate.schemas import records as R
 from paircurate.schemas.config import CaptionConfig
 
@@ -58,7 +59,7 @@ def test_shard_writer_writes_aligned_tar_parquet_embeddings_and_marker_last(tmp_
     samples = [sample(i, **{R.CLIP_SCORE: 0.3 + i / 100, R.IMAGE_EMBEDDING: emb(i), R.TEXT_EMBEDDING: -emb(i)}) for i in (2, 0, 1)]
     stats = ShardWriter(str(tmp_path), save_cols=("license",)).write(3, samples, [reject(5)])
     assert stats["kept"] == 3 and stats["input_rows"] == 4 and stats["rejected"] == {"download": {"http_404": 1}}
-    assert completed_shards(str(tmp_path)) == {3}
+    assert L.OutputLayout(str(tmp_path)).completed_shards() == {3}
 
     table = pq.read_table(tmp_path / "00003.parquet")
     assert table.schema.equals(R.sample_schema(("license",)), check_metadata=False)
@@ -87,9 +88,9 @@ def test_a_failed_write_leaves_neither_file_nor_temporary(tmp_path, monkeypatch)
         ShardWriter(str(tmp_path)).write(0, [sample(1)], [])
     # The tar and Parquet were complete before the reject Parquet failed; that one
     # left no temporary behind, and without its stats marker the shard counts as unfinished.
-    assert sorted(os.listdir(tmp_path)) == ["00000.parquet", "00000.tar", W.REJECTED_DIR]
-    assert os.listdir(tmp_path / W.REJECTED_DIR) == []
-    assert completed_shards(str(tmp_path)) == frozenset()
+    assert sorted(os.listdir(tmp_path)) == ["00000.parquet", "00000.tar", L.REJECTED_DIR]
+    assert os.listdir(tmp_path / L.REJECTED_DIR) == []
+    assert L.OutputLayout(str(tmp_path)).completed_shards() == frozenset()
 
 
 def test_a_sample_that_cannot_be_written_becomes_a_reject_and_the_shard_completes(tmp_path):
@@ -97,7 +98,7 @@ def test_a_sample_that_cannot_be_written_becomes_a_reject_and_the_shard_complete
     misfit = {**sample(3), R.WIDTH: "wide"}  # does not fit the Parquet schema
     stats = ShardWriter(str(tmp_path)).write(0, [sample(1), broken, misfit], [])
     assert stats["kept"] == 1 and stats["rejected"] == {"write": {"internal_error": 2}}
-    rejects = pq.read_table(tmp_path / W.REJECTED_DIR / "00000.parquet").to_pylist()
+    rejects = pq.read_table(tmp_path / L.REJECTED_DIR / "00000.parquet").to_pylist()
     assert [(r[R.SOURCE_ROW], r[R.STAGE], r[R.REASON]) for r in rejects] == [(2, "write", "internal_error"), (3, "write", "internal_error")]
     assert rejects[0][R.DETAIL] == "KeyError: 'image_format'"
     assert rejects[1][R.DETAIL].startswith("SchemaMismatch: field 'width'")
@@ -132,7 +133,7 @@ def test_a_retried_bundle_rewrites_identical_files_and_duplicates_nothing(tmp_pa
     from paircurate.pipeline.spool import SampleSpool, load_sample
 
     def spool_bundle():
-        spool = SampleSpool(str(tmp_path))
+        spool = SampleSpool(str(tmp_path / L.SPOOL_DIR))
         spooled = [spool.put(sample(i)) for i in range(3)]
         spool.close()
         return spooled
@@ -170,8 +171,8 @@ def test_spool_files_closed_for_the_fd_limit_reopen_for_append(tmp_path, monkeyp
     spool.close()
     assert [spool_module.load_sample(r)[R.IMAGE] for r in records] == [sample(i)[R.IMAGE] for i in range(8)]
     assert all(R.IMAGE not in r for r in records)
-    assert sorted(os.listdir(tmp_path / spool_module.SPOOL_DIR)) == ["00000", "00001", "00002", "00003"]
-    assert len(os.listdir(tmp_path / spool_module.SPOOL_DIR / "00000")) == 1
+    assert sorted(os.listdir(tmp_path)) == ["00000", "00001", "00002", "00003"]
+    assert len(os.listdir(tmp_path / "00000")) == 1
 
 
 def test_samples_waiting_for_their_row_group_are_bounded_in_bytes(tmp_path, monkeypatch):

@@ -161,7 +161,7 @@ class PatchedDaskRunner(DaskRunner):
                 inputs = [i for i in node.inputs if not isinstance(i, pvalue.PBegin)]
                 bag_inputs = [b for b in (self.bag_of(i) for i in inputs) if b is not None]
                 if op_class is te.ParDo:
-                    self.bags[node] = self.par_do(node, bag_inputs[0])
+                    self.bags[node] = self.par_do(node, bag_inputs[0] if bag_inputs else None)  # an empty Create feeds nothing
                     return
                 if op_class is te.GroupByKey:
                     self.bags[node] = self.group_by_key(bag_inputs[0]) if bag_inputs else None
