@@ -31,12 +31,13 @@ from paircurate.pipeline.stage import METRICS_NAMESPACE, stage_seconds
 from paircurate.pipeline.stats import build_funnel, internal_error_summary, package_versions
 from paircurate.release import finish_folder, utc
 from paircurate.retry import check_retry_folder, finish_retry, prepare_retry
+from paircurate.pipeline.balance import balance_stats, load_recorded_counts
 from paircurate.runners import (
     keeps_shuffles_in_memory,
     make_runner,
     plan_passes,
+    refuse_split_whole_run_options,
     resolve_download_processes,
-    rows_per_pass,
 )
 from paircurate.schemas.config import ConfigError, PipelineConfig
 from paircurate.storage.layout import MARKER_FILE, PLAN_FILE, OutputLayout
@@ -73,6 +74,7 @@ def run(cfg: PipelineConfig, overwrite: bool = False) -> RunSummary:
     _refuse_in_worker_import()
     cfg.validate_for_run()
     blocklists = load_blocklists(cfg.blocklist.paths)  # a bad list stops the run here, naming file and line
+    check_label_files(cfg)
     started = time.time()
     # Device, weights (fetched on first use) and heads before anything else starts:
     # a wrong name or an unreachable hub ends the run here, in one line.
@@ -127,12 +129,9 @@ def _run_passes(
     pending = work.pending_shards if retry_rows is None else sorted(set(retry_rows.values()) - work.done)
     total = work.pending_rows if retry_rows is None else sum(1 for s in retry_rows.values() if s not in work.done)
     passes = plan_passes(pending, cfg, runner)
-    if len(passes) > 1 and cfg.clip.enabled and cfg.clip.top_percent is not None:
-        raise ConfigError(
-            f"--clip-top-percent needs the whole input in one pass, and this run takes {len(passes)} passes "
-            f"of {rows_per_pass(cfg, runner)} rows; use --clip-threshold, "
-            "or --rows-per-pass with at least the number of input rows"
-        )
+    refuse_split_whole_run_options(cfg, passes, runner)
+    # A resumed balanced run decides its remaining samples with the counts of the whole run.
+    balance_counts = load_recorded_counts(out.root, cfg.balance, cfg.concepts) if cfg.balance.enabled and work.done else None
     all_shards = frozenset(range(work.num_shards))
     counters: list[tuple[str, int]] | None = []
     spool_dir, local_spool = _spool_dir(cfg, out, runner)
@@ -147,7 +146,7 @@ def _run_passes(
                 pipeline = beam.Pipeline(runner=runner, options=options)
                 build_graph(
                     pipeline, cfg, files, skip_shards=all_shards - set(shards), progress_dir=out.progress_dir,
-                    written_shards=written, rows=rows, spool_dir=spool_dir,
+                    written_shards=written, rows=rows, spool_dir=spool_dir, balance_counts=balance_counts,
                 )
                 counters = _timing_counters(_wait_for(pipeline), counters)
     finally:
@@ -196,6 +195,16 @@ def _wait_for(pipeline: beam.Pipeline):
         if line is None:
             raise
         raise storage.StorageError(line) from None
+
+
+def check_label_files(cfg: PipelineConfig) -> None:
+    """Read the --concepts and --balance-entries label sets once in the driver: a bad file fails before the run."""
+    from paircurate.concepts.labels import load_label_set
+
+    if cfg.concepts.labels:
+        load_label_set(cfg.concepts.labels, option="--concepts")
+    if cfg.balance.enabled and cfg.balance.by == "caption":
+        load_label_set(cfg.balance.entries, option="--balance-entries")
 
 
 def _refuse_in_worker_import() -> None:
@@ -323,6 +332,7 @@ def _run_stats(out_dir: str, cfg: PipelineConfig, files: list[InputFile], work: 
         "versions": package_versions(),
         **_clip_stats(cfg, out_dir),
         **scoring,  # where the weights and heads came from
+        **balance_stats(out_dir),
     }
     return stats
 

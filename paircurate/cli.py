@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from paircurate.config import PRESETS, load_config
 from paircurate.schemas.config import (
+    BALANCE_BY,
     ENCODE_FORMATS,
     INPUT_FORMATS,
     RESIZE_MODES,
@@ -94,6 +95,13 @@ _RUN_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--semantic-dedup-threshold", "dedup.semantic_threshold", dict(type=float, help="cosine similarity counted as a duplicate (default: 0.95)")),
     ("--dedup-against", "dedup.dedup_against", dict(help="output folder of an earlier run: also drop samples it already holds")),
     ("--decontaminate-against", "dedup.decontaminate_against", dict(help="folder or Parquet of evaluation images to remove (eval_contamination)")),
+    ("--concepts", "concepts.labels", dict(help="tag every image with its top labels: 'imagenet' (open_clip's class names) or a label file (.txt one per line, .json list, .csv/.tsv/.parquet with label[,prompt]); turns CLIP on")),
+    ("--concept-top-k", "concepts.top_k", dict(type=int, help="labels (and cosines) stored per image (default: 3)")),
+    ("--balance-entries", "balance.entries", dict(help="MetaCLIP balancing: entries matched in captions, 'imagenet' or a label file")),
+    ("--balance-cap", "balance.cap", dict(type=int, help="MetaCLIP's t: keep about T samples per entry; rarer entries keep all (default: off)")),
+    ("--balance-whole-words", "balance.whole_words", dict(action="store_const", const=True, help="match entries as whole words only (default: substrings, as MetaCLIP)")),
+    ("--balance-drop-unmatched", "balance.drop_unmatched", dict(action="store_const", const=True, help="reject samples matching no entry (no_entry_match), as MetaCLIP does (default: keep them)")),
+    ("--balance-by", "balance.by", dict(choices=BALANCE_BY, help="balance on the entries a caption names, or on the image's top-1 concept tag (default: caption)")),
     ("--shard-size", "output.shard_size", dict(type=int, help="input rows per shard (default: 10000)")),
     ("--blocklist", "blocklist.paths", dict(nargs="+", metavar="FILE", help="text or Parquet lists of url:/prefix:/domain:/sha256:/md5:/phash: entries; matching rows are rejected as blocklisted (URL entries before any request)")),
     ("--retry-failed", "runner.retry_failed", dict(action="store_const", const=True, help="re-attempt only the rows of the existing OUT rejected for a --retry-reasons reason; recovered rows become new shards")),
@@ -142,6 +150,8 @@ def build_config(args: argparse.Namespace, beam_args: list[str]) -> PipelineConf
         overrides["runner.report"] = False
     if any(k.startswith("clip.") and k not in ("clip.enabled", "clip.device", "clip.offline") for k in overrides) and "clip.enabled" not in overrides:
         overrides["clip.enabled"] = True  # naming a model or threshold means "score"
+    if overrides.get("concepts.labels") and "clip.enabled" not in overrides:
+        overrides["clip.enabled"] = True  # concept tags come from the CLIP image embeddings
     return cfg.with_overrides(overrides)
 
 

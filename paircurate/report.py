@@ -15,8 +15,9 @@ import base64
 import html
 import io
 import os
+import math
 import tarfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 from PIL import Image
@@ -29,6 +30,8 @@ from paircurate.schemas.records import (
     AESTHETIC_SCORE,
     CAPTION,
     CLIP_SCORE,
+    CONCEPT_SCORES,
+    CONCEPTS,
     DETAIL,
     DUPLICATE_OF,
     ORIGINAL_HEIGHT,
@@ -45,6 +48,9 @@ THUMB_SIDE = 128
 KEPT_GRID = 24
 EXAMPLES_PER_REASON = 3
 GRID_PER_REASON = 6
+TOP_CONCEPTS = 50  # concepts listed in the distribution table
+THUMBS_PER_CONCEPT = 4
+CONCEPT_GRIDS = 12  # concepts (the most frequent) shown with thumbnails
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 # Rejects counted and plotted but never shown: no caption, URL or image of them lands in the report.
 _COUNT_ONLY_REASONS = {Reason.UNSAFE.value}
@@ -81,7 +87,10 @@ def build_report(out_dir: str) -> str:
     kept_scores = {c: read_column(ins.parquets, c) for c in _SCORE_COLUMNS}
     kept_head = _first_rows(ins.parquets, [UID, CAPTION, URL, CLIP_SCORE], KEPT_GRID)
     keeper_uids = {r[DUPLICATE_OF] for rs in by_reason.values() for r in rs[:GRID_PER_REASON] if r.get(DUPLICATE_OF)}
-    thumbs = read_thumbnails(ins.tars, {r[UID] for r in kept_head} | keeper_uids)
+    concept_counts, concept_examples = _concept_distribution(ins.parquets)
+    grid_concepts = [label for label, _ in concept_counts.most_common(CONCEPT_GRIDS)]
+    concept_uids = {r[UID] for label in grid_concepts for r in concept_examples[label]}
+    thumbs = read_thumbnails(ins.tars, {r[UID] for r in kept_head} | keeper_uids | concept_uids)
     keeper_captions = _captions_of(ins.parquets, keeper_uids)
 
     parts = [
@@ -102,6 +111,10 @@ def build_report(out_dir: str) -> str:
     parts.append(_clip_section(kept_scores[CLIP_SCORE], reject_scores[CLIP_SCORE], stats.get("clip_threshold")))
     parts.append(_heads_section(kept_scores, reject_scores, stats, (funnel or {}).get("reasons", {})))
     parts.append(_size_section(ins.parquets))
+    if stats.get("balance"):
+        parts.append(_balance_section(stats["balance"]))
+    if concept_counts:
+        parts.append(_concepts_section(concept_counts, {c: concept_examples[c] for c in grid_concepts}, thumbs))
     parts.append(_kept_grid(kept_head, thumbs))
     parts.append(_reject_grids(by_reason, thumbs, keeper_captions))
     parts.append("</body></html>")
@@ -141,6 +154,33 @@ def _first_rows(paths: list[str], columns: list[str], n: int) -> list[dict]:
         present = [c for c in columns if c in read_schema(p).names]
         rows += read_table(p, columns=present).slice(0, n - len(rows)).to_pylist()
     return rows
+
+
+def _concept_distribution(paths: list[str]) -> tuple[Counter, dict[str, list[dict]]]:
+    """Kept samples per top-1 concept tag, and the first few samples of each (one shard at a time)."""
+    counts: Counter = Counter()
+    examples: dict[str, list[dict]] = defaultdict(list)
+    for p in paths:
+        if CONCEPTS not in pq.read_schema(p).names:
+            continue
+        for r in pq.read_table(p, columns=[UID, CAPTION, CONCEPTS, CONCEPT_SCORES]).to_pylist():
+            if not r[CONCEPTS]:
+                continue
+            label = r[CONCEPTS][0]
+            counts[label] += 1
+            if len(examples[label]) < THUMBS_PER_CONCEPT:
+                examples[label].append(r)
+    return counts, examples
+
+
+def flatness(counts) -> float:
+    """Entropy of a distribution over its maximum, log2(number of labels): 1 when every label is equally frequent."""
+    values = [c for c in counts if c > 0]
+    total = sum(values)
+    if len(values) < 2:
+        return 1.0
+    entropy = -sum(c / total * math.log2(c / total) for c in values)
+    return entropy / math.log2(len(values))
 
 
 def _captions_of(paths: list[str], uids: set[str]) -> dict[str, str]:
@@ -345,6 +385,56 @@ def _size_section(parquets: list[str]) -> str:
         ax.set_ylabel("images")
 
     return "<h2>Image sizes (as downloaded)</h2>" + _plot(sizes) + _plot(ratios)
+
+
+def _balance_section(balance: dict) -> str:
+    rows = []
+    for key, label in (("entries", "entries matched"), ("matches", "(sample, entry) matches"), ("entropy_bits", "entropy (bits)"),
+                       ("flatness", "flatness (entropy / log2 entries)"), ("entries_at_cap", "entries at or over the cap"),
+                       ("entries_over_cap", "entries over the cap")):
+        before, after = balance["before"].get(key), balance["after"].get(key)
+        rows.append(f'<tr><th>{_e(label)}</th><td class="num balance-before" data-key="{key}">{_e(before)}</td>'
+                    f'<td class="num balance-after" data-key="{key}">{_e(after)}</td></tr>')
+    tops = []
+    for side in ("before", "after"):
+        items = "".join(f"<tr><td>{_e(entry)}</td><td class=\"num\">{count}</td></tr>" for entry, count in balance[side]["top"])
+        tops.append(f'<div><b>{side}</b><table class="balance-top" data-side="{side}">{items}</table></div>')
+    return (
+        f"<h2>Balancing</h2><p>cap T = <span id=\"balance-cap\">{_e(balance.get('balance_cap'))}</span> samples per entry, "
+        f"entries: {_e(balance.get('balance_entries'))} (by {_e(balance.get('balance_by'))}); "
+        f"samples matching an entry: {_e(balance.get('samples_matched'))}, matching none: {_e(balance.get('samples_unmatched'))}</p>"
+        '<table id="balance"><tr><th></th><th>before</th><th>after</th></tr>' + "".join(rows) + "</table>"
+        '<div class="pair">' + "".join(tops) + "</div>"
+    )
+
+
+def _concepts_section(counts: Counter, examples: dict[str, list[dict]], thumbs: dict[str, str]) -> str:
+    top = counts.most_common(TOP_CONCEPTS)
+    rows = "".join(f'<tr><td>{_e(label)}</td><td class="num concept-count" data-concept="{_e(label)}">{n}</td></tr>' for label, n in top)
+
+    def draw(ax):
+        shown = top[:20]
+        ax.barh([label for label, _ in shown][::-1], [n for _, n in shown][::-1], color="#4878a8")
+        ax.set_xlabel("kept samples (top-1 concept)")
+        ax.tick_params(axis="y", labelsize=7)
+
+    grids = []
+    for label, rows_of in examples.items():
+        cards = []
+        for r in rows_of:
+            img = f'<img src="{thumbs[r[UID]]}" alt="sample tagged {_e(label)}">' if r[UID] in thumbs else ""
+            tags = ", ".join(f"{c} {s:.2f}" for c, s in zip(r[CONCEPTS], r[CONCEPT_SCORES] or []))
+            cards.append(f'<div class="card">{img}{_e(r.get(CAPTION))}<br><span class="muted">{_e(tags)}</span></div>')
+        cards = "".join(cards)
+        grids.append(f'<h3>{_e(label)} ({counts[label]})</h3><div class="grid concept-grid" data-concept="{_e(label)}">{cards}</div>')
+    return (
+        "<h2>Concepts of kept samples</h2>"
+        f'<p>{len(counts)} distinct top-1 concepts over {sum(counts.values())} samples; flatness '
+        f'<span id="concept-flatness">{flatness(counts.values()):.3f}</span> (entropy / log2 labels seen: 1 = every label equally frequent)</p>'
+        f'<table id="concepts"><tr><th>concept (top {len(top)})</th><th class="num">kept samples</th></tr>{rows}</table>'
+        + _plot(draw)
+        + "".join(grids)
+    )
 
 
 def _kept_grid(rows: list[dict], thumbs: dict[str, str]) -> str:

@@ -1,13 +1,15 @@
 """The pipeline graph: the only place that orders the stages.
 
-    read -> captions -> [blocklist urls] -> download (+decode/resize) -> [blocklist hashes] -> [clip score] -> spool samples -> write shards
-       \________\______________\___________________\___ rejects ______________/      /
-                                                      \__ dedup -> removals ______/
+    read -> captions -> [blocklist urls] -> download (+decode/resize) -> [blocklist hashes] -> [clip score (+concept tags)] -> spool samples -> write shards
+       \________\______________\___________________\___ rejects ______________________________________________/      /
+                                                      \__ dedup -> removals _____________________________________/
+                                                            \__ [balance] -> removals ___________________________/
 
 Every stage returns ``StageOutputs(kept, rejected)``; rejects of all stages are
 flattened and written next to the kept samples of their shard, so each input
 row ends up in exactly one of the two. Dedup looks at all kept samples at once
-and names the ones to remove; the shard writer turns those into reject rows.
+and names the ones to remove; balancing counts entries over the samples dedup
+keeps and names the ones to drop; the shard writer turns both into reject rows.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def build_graph(
     written_shards: tuple[str, ...] = (),
     rows: Mapping[int, int] | None = None,
     spool_dir: str | None = "",
+    balance_counts: dict[str, int] | None = None,
 ) -> beam.PCollection:
     """Add the whole curation graph to ``p``; returns the per-shard stats PCollection.
 
@@ -44,6 +47,7 @@ def build_graph(
     shards: what ``--retry-failed`` re-attempts.
     ``spool_dir`` is where finished samples wait (default OUT/_spool); None:
     they travel through the shuffle.
+    ``balance_counts`` are the entry counts a resumed balanced run recorded.
     """
     if spool_dir == "":
         spool_dir = OutputLayout(cfg.output.path).spool_dir
@@ -70,13 +74,18 @@ def build_graph(
             ScoreClip,  # torch is imported only when scoring
         )
 
-        scored = kept | "Clip" >> ScoreClip(cfg.clip, cfg.output.path)
+        scored = kept | "Clip" >> ScoreClip(cfg.clip, cfg.output.path, cfg.concepts)
         kept = scored.kept
         rejected.append(scored.rejected)
 
     # Two branches of the same fused stage: dedup takes a few key fields, the
     # spool parks whole samples on disk; only keys and pointers get shuffled.
     removals = kept | "Dedup" >> FindDuplicates(cfg.dedup, cfg.image, semantic=cfg.clip.enabled, written_shards=written_shards)
+    if cfg.balance.enabled:
+        from paircurate.pipeline.balance import BalanceSamples
+
+        dropped = (kept, removals) | "Balance" >> BalanceSamples(cfg.balance, cfg.concepts, cfg.output.path, balance_counts)
+        removals = (removals, dropped) | "AllRemovals" >> beam.Flatten()
     spooled = kept | "Spool" >> SpoolSamples(spool_dir)
     rejected.append(spooled.rejected)
     all_rejected = rejected | "AllRejects" >> beam.Flatten()

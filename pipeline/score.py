@@ -1,5 +1,8 @@
 """CLIP stage: score every downloaded pair and filter on the score, in the same pipeline.
 
+With ``--concepts`` the same image embeddings also give every sample its
+top-k zero-shot concept tags (``concepts``, ``concept_scores``).
+
     scored = kept | "Clip" >> ScoreClip(cfg.clip, out_dir)
 
 Before the pipeline starts, :func:`prepare_scoring` resolves the device, the
@@ -29,7 +32,7 @@ from paircurate.filters.similarity import (
 )
 from paircurate.pipeline.stage import REJECTED, IsolatedDoFn, StageCounters, StageOutputs
 from paircurate.schemas import records as R
-from paircurate.schemas.config import ClipConfig, UserError
+from paircurate.schemas.config import ClipConfig, ConceptsConfig, UserError
 from paircurate.schemas.outcomes import Stage
 from paircurate.storage.layout import OutputLayout
 from PIL import Image
@@ -63,12 +66,13 @@ def prepare_scoring(cfg: ClipConfig) -> dict:
 
 
 class _ClipScoreFn(IsolatedDoFn):
-    """Adds ``clip_score``, both embeddings and the heads' scores to every record of a batch."""
+    """Adds ``clip_score``, both embeddings, the heads' scores and (with --concepts) the top-k concept tags to every record of a batch."""
 
     STAGE = Stage.CLIP
 
-    def __init__(self, cfg: ClipConfig) -> None:
+    def __init__(self, cfg: ClipConfig, concepts: ConceptsConfig | None = None) -> None:
         self._cfg = cfg
+        self._concepts = concepts or ConceptsConfig()
 
     def setup(self) -> None:
         from paircurate.embeddings.clip import load_clip
@@ -86,6 +90,15 @@ class _ClipScoreFn(IsolatedDoFn):
             if spec
         }
         self._first_batch_logged = False
+        self._labels = self._classifier = None
+        if self._concepts.labels:
+            from paircurate.concepts.labels import load_label_set
+            from paircurate.embeddings.zeroshot import label_embeddings
+
+            # Once per worker: every prompt of every label through the text tower.
+            label_set = load_label_set(self._concepts.labels)
+            self._labels = label_set.labels
+            self._classifier = label_embeddings(self._clip, label_set)
 
     def process_record(self, batch: list[dict]):
         images, usable = [], []
@@ -111,6 +124,7 @@ class _ClipScoreFn(IsolatedDoFn):
         text_emb = self._clip.encode_texts([r.get(R.CAPTION) or "" for r in usable])
         scores = np.einsum("ij,ij->i", image_emb, text_emb)
         head_scores = {field: head(image_emb) for field, head in self._heads.items()}
+        tags = self._tags(image_emb)
         for i, (record, score, img_vec, txt_vec) in enumerate(zip(usable, scores, image_emb, text_emb, strict=True)):
             out = dict(record)
             out[R.CLIP_SCORE] = float(score)
@@ -118,11 +132,20 @@ class _ClipScoreFn(IsolatedDoFn):
                 out[field] = float(values[i])
             out[R.IMAGE_EMBEDDING] = img_vec.astype(np.float16)
             out[R.TEXT_EMBEDDING] = txt_vec.astype(np.float16)
+            if tags is not None:
+                out[R.CONCEPTS], out[R.CONCEPT_SCORES] = tags[i]
             yield out
         if not self._first_batch_logged:
             # Benchmarks time "first scored batch" from this line (-v).
             log.info("CLIP: first batch scored (%d images)", len(usable))
             self._first_batch_logged = True
+
+    def _tags(self, image_emb: np.ndarray):
+        if self._classifier is None:
+            return None
+        from paircurate.embeddings.zeroshot import top_k_concepts
+
+        return top_k_concepts(image_emb, self._classifier, self._labels, self._concepts.top_k)
 
 
 class _ScoreFilterFn(IsolatedDoFn):
@@ -169,10 +192,11 @@ class _RecordCutoff(beam.DoFn):
 class ScoreClip(beam.PTransform):
     """Pairs with image bytes -> pairs with ``clip_score`` and embeddings; ``low_clip_score`` rejects."""
 
-    def __init__(self, cfg: ClipConfig, out_dir: str) -> None:
+    def __init__(self, cfg: ClipConfig, out_dir: str, concepts: ConceptsConfig | None = None) -> None:
         super().__init__()
         self._cfg = cfg
         self._out = out_dir
+        self._concepts = concepts
 
     def expand(self, pairs) -> StageOutputs:
         threshold, _source = resolve_threshold(self._cfg)
@@ -180,7 +204,7 @@ class ScoreClip(beam.PTransform):
         scored = (
             pairs
             | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
-            | "Score" >> beam.ParDo(_ClipScoreFn(self._cfg)).with_outputs(REJECTED, main="scored")
+            | "Score" >> beam.ParDo(_ClipScoreFn(self._cfg, self._concepts)).with_outputs(REJECTED, main="scored")
         )
         if self._cfg.top_percent is None:
             filtered = scored.scored | "Threshold" >> beam.ParDo(_ScoreFilterFn(threshold, self._cfg)).with_outputs(REJECTED, main="kept")

@@ -99,4 +99,11 @@ def format_summary(stats: dict) -> str:
         lines.append(f"  {stage['stage']:<10}{stage['in']:>9}{stage['out']:>9}  {reasons}")
     if "clip_threshold" in stats:
         lines.append(f"  clip threshold applied: {stats['clip_threshold']}")
+    if stats.get("balance"):
+        b = stats["balance"]
+        lines.append(
+            f"  balance: cap {b['balance_cap']}, {b['before']['entries']} entries matched; "
+            f"entropy {b['before']['entropy_bits']} -> {b['after']['entropy_bits']} bits, "
+            f"entries over the cap {b['before']['entries_over_cap']} -> {b['after']['entries_over_cap']}"
+        )
     return "\n".join(lines)

@@ -248,8 +248,10 @@ def _escaped(value):
 
 
 def _removal_reject(sample: dict, removal: dict) -> dict:
-    if removal[R.REASON] == Reason.INTERNAL_ERROR.value:  # dedup could not key this sample
-        return R.make_reject(sample, Stage.DEDUP, Reason.INTERNAL_ERROR, removal.get(R.DETAIL) or "")
+    """A removal names its stage and detail (balance, or a sample a stage could not key), or is a duplicate of a keeper (dedup: the default)."""
+    stage = Stage(removal.get(R.STAGE) or Stage.DEDUP.value)
+    if removal[R.REASON] == Reason.INTERNAL_ERROR.value or stage is not Stage.DEDUP:
+        return R.make_reject(sample, stage, Reason(removal[R.REASON]), removal.get(R.DETAIL) or "")
     row = R.make_reject(sample, Stage.DEDUP, Reason(removal[R.REASON]), f"{removal[R.REASON]} of {removal[R.DUPLICATE_OF]} (similarity {removal[R.SIMILARITY]:.4f})")
     row[R.DUPLICATE_OF] = removal[R.DUPLICATE_OF]
     row[R.SIMILARITY] = removal[R.SIMILARITY]
@@ -265,7 +267,7 @@ class _WriteShardFn(beam.DoFn):
     def setup(self) -> None:
         self._writer = ShardWriter(self._out, self._save_cols, self._spool_dir)
         self._shards = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "write.shards")
-        self._dedup = StageCounters(Stage.DEDUP)
+        self._removed = {stage: StageCounters(stage) for stage in (Stage.DEDUP, Stage.BALANCE)}
 
     def process(self, item):
         shard, grouped = item
@@ -273,13 +275,13 @@ class _WriteShardFn(beam.DoFn):
         stats = self._writer.write(shard, grouped["kept"], grouped["rejected"], removals)
         for removal in removals:
             if removal[R.REASON] != Reason.INTERNAL_ERROR.value:  # counted where it happened
-                self._dedup.rejected(removal[R.REASON])
+                self._removed[Stage(removal.get(R.STAGE) or Stage.DEDUP.value)].rejected(removal[R.REASON])
         self._shards.inc()
         yield stats
 
 
 class WriteShards(beam.PTransform):
-    """((shard, kept sample pointer), rejects, dedup removals) -> files per shard; outputs each shard's stats dict."""
+    """((shard, kept sample pointer), rejects, removals of dedup and balance) -> files per shard; outputs each shard's stats dict."""
 
     def __init__(self, out_dir: str, save_cols: tuple[str, ...] = (), spool_dir: str | None = "") -> None:
         super().__init__()

@@ -257,6 +257,35 @@ class DedupConfig:
 SPOOL_MODES = ("auto", "store", "shuffle")
 
 
+BALANCE_BY = ("caption", "concepts")
+
+
+@dataclass(frozen=True)
+class ConceptsConfig:
+    labels: str = ""  # "imagenet" or a label file; "" = no concept tags
+    top_k: int = 3  # labels (and cosines) stored per image
+
+    def __post_init__(self) -> None:
+        check(self.top_k >= 1, "concepts.top_k must be >= 1")
+
+
+@dataclass(frozen=True)
+class BalanceConfig:
+    cap: int = 0  # MetaCLIP's t: samples kept per entry (in expectation); 0 = no balancing
+    entries: str = ""  # "imagenet" or a label file: the entries matched in captions
+    by: str = "caption"  # caption: entries named by the caption; concepts: the image's top-1 concept tag
+    whole_words: bool = False  # count an entry only as a whole word ("cat" does not match "catalogue")
+    drop_unmatched: bool = False  # reject samples that match no entry (no_entry_match), as MetaCLIP does
+
+    @property
+    def enabled(self) -> bool:
+        return self.cap > 0
+
+    def __post_init__(self) -> None:
+        check(self.cap >= 0, "balance.cap must be >= 0 (0 = no balancing)")
+        check(self.by in BALANCE_BY, f"balance.by must be one of {BALANCE_BY}, got {self.by!r}")
+
+
 @dataclass(frozen=True)
 class OutputConfig:
     path: str = ""
@@ -317,6 +346,8 @@ class PipelineConfig:
     image: ImageConfig = field(default_factory=ImageConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    concepts: ConceptsConfig = field(default_factory=ConceptsConfig)
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     blocklist: BlocklistConfig = field(default_factory=BlocklistConfig)
@@ -324,6 +355,22 @@ class PipelineConfig:
     def validate_for_run(self) -> None:
         check(bool(self.input.paths), "no input: give one or more files or globs (input.paths)")
         check(bool(self.output.path), "no output folder: give -o/--output (output.path)")
+        self._check_concepts_and_balance()
+
+    def _check_concepts_and_balance(self) -> None:
+        """Cross-section rules of --concepts and --balance-*; label files are checked by api.run."""
+        if self.concepts.labels:
+            check(self.clip.enabled, "--concepts tags images with the CLIP model: turn CLIP on with --clip (clip.enabled)")
+        b = self.balance
+        if not b.enabled:
+            check(not b.entries, "--balance-entries needs --balance-cap T (samples kept per entry) to balance")
+            return
+        if b.by == "caption":
+            check(bool(b.entries), "--balance-cap needs --balance-entries imagenet|FILE (or --balance-by concepts)")
+        else:
+            check(bool(self.concepts.labels), "--balance-by concepts balances on concept tags: give --concepts imagenet|FILE")
+            check(not b.entries, "--balance-entries is for --balance-by caption; --balance-by concepts uses the --concepts labels")
+            check(not b.whole_words, "--balance-whole-words is for --balance-by caption (concept tags are not matched in text)")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PipelineConfig":

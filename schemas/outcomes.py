@@ -19,6 +19,7 @@ class Stage(str, enum.Enum):
     IMAGE = "image"
     CLIP = "clip"
     DEDUP = "dedup"
+    BALANCE = "balance"
     WRITE = "write"  # only internal_error: a sample that could not be written into its shard
 
 
@@ -65,6 +66,9 @@ class Reason(str, enum.Enum):
     DUPLICATE_PHASH = "duplicate_phash"
     DUPLICATE_SEMANTIC = "duplicate_semantic"
     EVAL_CONTAMINATION = "eval_contamination"
+    # balance (MetaCLIP-style, --balance-cap)
+    OVER_REPRESENTED = "over_represented"
+    NO_ENTRY_MATCH = "no_entry_match"
     # any stage: an exception we did not anticipate, recorded instead of crashing
     INTERNAL_ERROR = "internal_error"
 

@@ -50,6 +50,8 @@ PUNSAFE = "punsafe"  # --safety-head output: probability the image is NSFW
 IMAGE_EMBEDDING = "image_embedding"  # in flight only; written to {shard}.img.npy
 TEXT_EMBEDDING = "text_embedding"  # in flight only; written to {shard}.txt.npy
 PHASH = "phash"
+CONCEPTS = "concepts"  # --concepts: the image's top-k labels, best first
+CONCEPT_SCORES = "concept_scores"  # their cosines with the image embedding
 
 STAGE = "stage"
 REASON = "reason"
@@ -87,6 +89,8 @@ _SCORE_FIELDS: list[pa.Field] = [
     pa.field(PHASH, pa.string()),  # null when perceptual dedup is off
     pa.field(AESTHETIC_SCORE, pa.float32()),  # null without --aesthetic-head
     pa.field(PUNSAFE, pa.float32()),  # null without --safety-head
+    pa.field(CONCEPTS, pa.list_(pa.string())),  # null without --concepts
+    pa.field(CONCEPT_SCORES, pa.list_(pa.float32())),
 ]
 
 

@@ -16,6 +16,8 @@
       _paircurate_output.txt the marker: only a folder holding it (or _plan.json) is written into, cleaned or deleted
       _plan.json             inputs and shard size the folder was planned from (resume checks it)
       _clip_cutoff.json      the run-wide --clip-top-percent cutoff (until stats.json has it)
+      _balance_counts.json   --balance-cap: samples per entry over the whole run (kept: a resume decides with them)
+      _balance_stats.json    --balance-cap: entry counts before/after of this invocation (until stats.json has them)
       _spool/NNNNN/...       samples parked between the last stage and the shard writer (during a run)
       _progress/*.count      per-worker progress counts (during a run)
 
@@ -53,6 +55,8 @@ RETRY_FILE = "_retry.json"  # only while a --retry-failed is unfinished
 PLAN_FILE = "_plan.json"
 MARKER_FILE = "_paircurate_output.txt"
 CUTOFF_FILE = "_clip_cutoff.json"
+BALANCE_COUNTS_FILE = "_balance_counts.json"
+BALANCE_STATS_FILE = "_balance_stats.json"
 SPOOL_DIR = "_spool"
 PROGRESS_DIR = "_progress"
 SHARD_KINDS = ("tar", "parquet", "img.npy", "txt.npy")
@@ -152,6 +156,14 @@ class OutputLayout:
         return self.path(CUTOFF_FILE)
 
     @property
+    def balance_counts(self) -> str:
+        return self.path(BALANCE_COUNTS_FILE)
+
+    @property
+    def balance_stats(self) -> str:
+        return self.path(BALANCE_STATS_FILE)
+
+    @property
     def spool_dir(self) -> str:
         return self.path(SPOOL_DIR)
 
@@ -162,7 +174,7 @@ class OutputLayout:
     @property
     def run_files(self) -> tuple[str, ...]:
         """What one invocation leaves for itself only; an earlier invocation's are stale."""
-        return (self.cutoff, self.progress_dir)
+        return (self.cutoff, self.balance_stats, self.progress_dir)
 
     # --- reading a folder back -----------------------------------------------------------------------
 

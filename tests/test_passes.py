@@ -87,6 +87,17 @@ def test_top_percent_is_refused_when_the_input_needs_several_passes(pass_input, 
     assert not glob.glob(str(tmp_path / "o" / "0*"))  # refused before any shard was written
 
 
+def test_balancing_is_refused_when_the_input_needs_several_passes(pass_input, tmp_path, capsys):
+    entries = tmp_path / "entries.txt"
+    entries.write_text("thing\n")
+    code = main(["run", pass_input, "-o", str(tmp_path / "o"), "--shard-size", "4", "--rows-per-pass", "8", "--no-progress",
+                 "--allow-private-network", "--balance-entries", str(entries), "--balance-cap", "2"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--balance-cap needs the whole input in one pass, and this run takes 3 passes of 8 rows; use a runner that spills its shuffles (one pass), or --rows-per-pass" in err
+    assert not glob.glob(str(tmp_path / "o" / "0*"))
+
+
 def test_pass_planning():
     cfg = PipelineConfig.from_dict({"input": {"paths": ["x.csv"]}, "output": {"path": "o", "shard_size": 10}})
     in_process = make_runner(())[0]

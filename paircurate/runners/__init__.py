@@ -126,6 +126,35 @@ def rows_per_pass(cfg: PipelineConfig, runner) -> int:
     return DEFAULT_ROWS_PER_PASS if keeps_shuffles_in_memory(runner) else 0
 
 
+# Options whose decisions need the whole run seen first (a run-wide quantile,
+# run-wide entry counts): one pass only, and what to use instead.
+_ONE_PASS_ALTERNATIVES = {
+    "--clip-top-percent": "use --clip-threshold, ",
+    "--balance-cap": "use a runner that spills its shuffles (one pass), ",
+}
+
+
+def whole_run_options(cfg: PipelineConfig) -> list[str]:
+    """The options of ``cfg`` that decide samples from statistics of the whole run."""
+    found = []
+    if cfg.clip.enabled and cfg.clip.top_percent is not None:
+        found.append("--clip-top-percent")
+    if cfg.balance.enabled:
+        found.append("--balance-cap")
+    return found
+
+
+def refuse_split_whole_run_options(cfg: PipelineConfig, passes: list[list[int]], runner) -> None:
+    """ConfigError when options that need the whole run would see it in several passes."""
+    whole_run = whole_run_options(cfg)
+    if len(passes) > 1 and whole_run:
+        raise ConfigError(
+            f"{' and '.join(whole_run)} {'needs' if len(whole_run) == 1 else 'need'} the whole input in one pass, "
+            f"and this run takes {len(passes)} passes of {rows_per_pass(cfg, runner)} rows; "
+            f"{_ONE_PASS_ALTERNATIVES[whole_run[0]]}or --rows-per-pass with at least the number of input rows"
+        )
+
+
 def plan_passes(pending_shards: list[int], cfg: PipelineConfig, runner) -> list[list[int]]:
     """Split the shards to write into passes of ``rows_per_pass`` input rows (whole shards)."""
     rows = rows_per_pass(cfg, runner)

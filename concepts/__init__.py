@@ -1,0 +1,1 @@
+"""Label sets, caption entry matching and MetaCLIP-style balancing: plain Python, no Beam, no torch."""
