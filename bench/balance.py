@@ -40,9 +40,10 @@ def bench_matching(args) -> None:
     from paircurate.concepts.matcher import EntryMatcher
 
     rng = random.Random(0)
-    entries = list(dict.fromkeys(
-        (_word(rng) if rng.random() < 0.8 else f"{_word(rng)} {_word(rng)}") for _ in range(int(args.entries * 1.02))
-    ))[: args.entries]
+    unique: dict[str, None] = {}
+    while len(unique) < args.entries:  # one- and two-word entries, as WordNet + Wikipedia titles
+        unique[_word(rng) if rng.random() < 0.8 else f"{_word(rng)} {_word(rng)}"] = None
+    entries = list(unique)
     filler = [_word(rng) for _ in range(5000)]
     captions = []
     for _ in range(args.captions):
