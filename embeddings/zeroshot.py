@@ -55,7 +55,7 @@ def top_k_concepts(image_emb: np.ndarray, classifier: np.ndarray, labels: Sequen
         return []
     sims = np.asarray(image_emb, dtype=np.float32) @ classifier.T
     k = min(k, sims.shape[1])
-    # argpartition picks the k best in O(n_labels); only those k are sorted. Ties go to the earlier label.
+    # argpartition picks the k best in O(n_labels); only those k are sorted (by score, then label order).
     part = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else np.tile(np.arange(sims.shape[1]), (len(sims), 1))
     out = []
     for row, cand in zip(sims, part):

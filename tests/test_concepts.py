@@ -246,3 +246,32 @@ def test_yaml_sections_and_flags_build_the_same_config(tmp_path):
         PipelineConfig.from_dict({"input": {"paths": ["x"]}, "output": {"path": "o"}, "concepts": {"labels": "imagenet"}}).validate_for_run()
     with pytest.raises(ConfigError, match="balance.by must be one of"):
         PipelineConfig.from_dict({"balance": {"by": "image"}})
+
+
+def test_label_embeddings_average_normalised_prompts_and_top_k_ranks_by_cosine(monkeypatch):
+    import numpy as np
+
+    from paircurate.concepts.labels import LabelSet
+    from paircurate.embeddings.clip import TINY_MODEL, load_clip
+    from paircurate.embeddings.zeroshot import label_embeddings, top_k_concepts
+    from paircurate.testing import synthetic
+
+    clip = load_clip(TINY_MODEL, TINY_MODEL, device="cpu")
+    labels = LabelSet("t", ("circle", "star", "cross"), (("a circle", "a round disc"), (), ("a cross",)))
+    templates = [lambda c: f"a photo of a {c}.", lambda c: f"a drawing of a {c}."]
+    import paircurate.embeddings.zeroshot as zeroshot
+
+    monkeypatch.setattr(zeroshot, "imagenet_templates", lambda: tuple(templates))  # two templates instead of 80
+    classifier = label_embeddings(clip, labels)
+    for i, prompts in enumerate([["a circle", "a round disc"], ["a photo of a star.", "a drawing of a star."], ["a cross"]]):
+        mean = clip.encode_texts(prompts).mean(axis=0)
+        np.testing.assert_allclose(classifier[i], mean / np.linalg.norm(mean), atol=1e-5)
+    images = [s.image for s in synthetic.make_samples(5, seed=2)]
+    emb = clip.encode_images(images)
+    tags = top_k_concepts(emb, classifier, labels.labels, k=2)
+    sims = emb @ classifier.T
+    for row, (names, scores) in zip(sims, tags):
+        best = np.argsort(-row)[:2]
+        assert names == [labels.labels[i] for i in best]
+        np.testing.assert_allclose(scores, row[best], atol=1e-6)
+    assert top_k_concepts(emb, classifier, labels.labels, k=10)[0][0] == [labels.labels[i] for i in np.argsort(-sims[0])]
