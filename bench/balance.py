@@ -3,6 +3,7 @@
     python bench/balance.py matching --entries 500000 --captions 100000
     python bench/balance.py skew --samples 1000000 --entries 20000 --cap 200
     python bench/balance.py tagging --images 1000
+    python bench/balance.py accuracy --images 1000
 
 matching: captions/s of ``EntryMatcher.match`` (the call the balance stage
 makes per sample) with N pseudo-word entries, substring and whole-word, plus
@@ -128,6 +129,27 @@ def bench_tagging(args) -> None:
         print(f"| {name} {pretrained or 'random init'} | {setup:.1f}{scaled} | {encode * 1000 / len(images):.2f} | {tags * 1000 / len(images):.3f} |")
 
 
+def bench_accuracy(args) -> None:
+    """Top-1 / top-3 accuracy of concept tags on demo images, labels = the six demo shapes, default templates."""
+    from paircurate.concepts.labels import LabelSet
+    from paircurate.embeddings.clip import TINY_MODEL, load_clip
+    from paircurate.embeddings.zeroshot import label_embeddings, top_k_concepts
+    from paircurate.testing import synthetic
+
+    clip = load_clip(TINY_MODEL, TINY_MODEL, device="cpu")
+    labels = LabelSet("shapes", synthetic.SHAPES, tuple(() for _ in synthetic.SHAPES))  # no prompts: the 80 templates
+    classifier = label_embeddings(clip, labels)
+    samples = synthetic.make_samples(args.images, seed=args.seed, size=64)
+    tags = top_k_concepts(clip.encode_images([s.image for s in samples]), classifier, labels.labels, 3)
+    top1 = sum(t[0][0] == s.scene.shape for t, s in zip(tags, samples)) / len(samples)
+    top3 = sum(s.scene.shape in t[0] for t, s in zip(tags, samples)) / len(samples)
+    per_shape = {shape: sum(t[0][0] == shape for t, s in zip(tags, samples) if s.scene.shape == shape)
+                 / max(1, sum(s.scene.shape == shape for s in samples)) for shape in synthetic.SHAPES}
+    print(f"{len(samples)} demo images (seed {args.seed}), bundled tiny model, 6 shape labels x 80 templates: "
+          f"top-1 {top1:.3f}, top-3 {top3:.3f} (chance 0.167 / 0.5)")
+    print("top-1 per true shape: " + ", ".join(f"{k} {v:.2f}" for k, v in per_shape.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -143,8 +165,11 @@ def main() -> None:
     t.add_argument("--images", type=int, default=1000)
     t.add_argument("--vit-labels", type=int, default=25)
     t.add_argument("--repeats", type=int, default=5)
+    a = sub.add_parser("accuracy")
+    a.add_argument("--images", type=int, default=1000)
+    a.add_argument("--seed", type=int, default=5)
     args = parser.parse_args()
-    {"matching": bench_matching, "skew": bench_skew, "tagging": bench_tagging}[args.what](args)
+    {"matching": bench_matching, "skew": bench_skew, "tagging": bench_tagging, "accuracy": bench_accuracy}[args.what](args)
 
 
 if __name__ == "__main__":
