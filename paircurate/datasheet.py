@@ -177,6 +177,17 @@ def build_datasheet(out_dir: str, stats: dict) -> str:
         f"{', against ' + dedup['dedup_against'] if dedup.get('dedup_against') else ''}"
         f"{', decontaminated against ' + dedup['decontaminate_against'] if dedup.get('decontaminate_against') else ''}."
     )
+    concepts = cfg.get("concepts", {})
+    if concepts.get("labels"):
+        lines.append(f"- Concept tags: the top {concepts.get('top_k')} labels of `{concepts['labels']}` per image, zero-shot with the CLIP model above.")
+    balance = stats.get("balance")
+    if balance:
+        before, after = balance["before"], balance["after"]
+        lines.append(
+            f"- Balanced as MetaCLIP (by {balance['balance_by']}, entries `{balance['balance_entries']}`): about {balance['balance_cap']} samples "
+            f"kept per entry; entropy of the entry distribution {before['entropy_bits']} -> {after['entropy_bits']} bits, "
+            f"entries over the cap {before['entries_over_cap']} -> {after['entries_over_cap']}; samples naming no entry: {balance['samples_unmatched']}."
+        )
     blocklists = stats.get("blocklists") or {}
     if blocklists:
         lines.append("- Blocklists (rows removed; counts only, the matched URLs and images are not part of the release):")

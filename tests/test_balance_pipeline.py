@@ -124,6 +124,8 @@ def test_common_entry_ends_near_the_cap_rare_entries_keep_everything(skewed_worl
     assert balance["after"]["entropy_bits"] > balance["before"]["entropy_bits"]
     funnel = {s["stage"]: s for s in stats["funnel"]["stages"]}
     assert funnel["balance"]["rejected"] == {"over_represented": COMMON - circles}
+    sheet = (tmp_path / "out" / "datasheet.md").read_text()
+    assert f"Balanced as MetaCLIP (by caption, entries `{skewed_world['entries']}`): about {CAP} samples kept per entry" in sheet
 
 
 def test_decisions_are_identical_on_rerun_shuffled_input_and_resume(skewed_world, tmp_path):
