@@ -100,7 +100,7 @@ class _EntryKeysFn(IsolatedDoFn):
 
 def _not_removed(item):
     uid, grouped = item
-    if grouped["removed"]:
+    if any(True for _ in grouped["removed"]):  # a runner may hand over a lazy iterable, not a list
         return
     for shard, entries in grouped["key"]:
         yield uid, shard, entries

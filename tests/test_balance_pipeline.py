@@ -253,3 +253,17 @@ def test_report_shows_balancing_and_the_concept_distribution(skewed_world, tmp_p
     for label, cards in grids:
         assert 1 <= cards.count("<img") <= 4
     assert "http://" not in page.split("<body>")[0]  # nothing fetched when the page opens
+
+
+def test_duplicates_are_not_counted(skewed_world, tmp_path):
+    """Dedup runs first: ten re-captioned copies of circle images leave as duplicates and do not raise circle's count."""
+    copies = [dict(r, caption=r["caption"] + " again") for r in skewed_world["rows"] if r["shape"] == "circle"][:10]
+    inputs = tmp_path / "with_copies.jsonl"
+    inputs.write_text("".join(json.dumps(r) + "\n" for r in skewed_world["rows"] + copies))
+    result = run(str(inputs), tmp_path / "out", *balance_flags(skewed_world))
+    assert [["circle", COMMON]] == result["stats"]["balance"]["before"]["top"][:1]
+    reasons = {}
+    for r in result["rejects"]:
+        reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
+    assert reasons["duplicate_exact"] == 10
+    assert sum(r["shape"] == "circle" for r in result["kept"]) + reasons["over_represented"] == COMMON
