@@ -267,3 +267,20 @@ def test_duplicates_are_not_counted(skewed_world, tmp_path):
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
     assert reasons["duplicate_exact"] == 10
     assert sum(r["shape"] == "circle" for r in result["kept"]) + reasons["over_represented"] == COMMON
+
+
+def test_a_sample_balancing_cannot_key_leaves_as_an_internal_error_removal(skewed_world):
+    import apache_beam as beam
+
+    from paircurate.pipeline.balance import _EntryKeysFn
+    from paircurate.schemas.config import BalanceConfig
+
+    fn = _EntryKeysFn(BalanceConfig(cap=5, entries=skewed_world["entries"]))
+    fn.setup()
+    good = {"uid": "u1", "shard": 0, "caption": "A red circle", "source_file": "f", "source_row": 0}
+    assert list(fn.process(good)) == [("u1", (0, ("circle",)))]
+    broken = {"shard": 3, "caption": "a star", "source_file": "f", "source_row": 7}  # no uid: the step raises
+    (out,) = list(fn.process(broken))
+    assert isinstance(out, beam.pvalue.TaggedOutput) and out.tag == "removed"
+    assert out.value["stage"] == "balance" and out.value["reason"] == "internal_error" and out.value["shard"] == 3
+    assert out.value["detail"].startswith("KeyError")
