@@ -161,9 +161,9 @@ def _concept_distribution(paths: list[str]) -> tuple[Counter, dict[str, list[dic
     counts: Counter = Counter()
     examples: dict[str, list[dict]] = defaultdict(list)
     for p in paths:
-        if CONCEPTS not in pq.read_schema(p).names:
+        if CONCEPTS not in read_schema(p).names:
             continue
-        for r in pq.read_table(p, columns=[UID, CAPTION, CONCEPTS, CONCEPT_SCORES]).to_pylist():
+        for r in read_table(p, columns=[UID, CAPTION, CONCEPTS, CONCEPT_SCORES]).to_pylist():
             if not r[CONCEPTS]:
                 continue
             label = r[CONCEPTS][0]
