@@ -19,13 +19,15 @@ worker processes on 127.0.0.1:
 - peak RSS per worker process (psutil, sampled every 0.2 s);
 - bytes per input row entering each shuffle (GroupByKey, CoGroupByKey,
   the shuffles inside combines) and each side input gathered on one
-  worker, as Beam's ``FastPrimitivesCoder`` encodes the elements (what a
-  Dataflow / Flink / Spark runner would move; numpy arrays are pickled), from
-  a 1-in-``--sample`` sample of the elements; and the bytes dask actually
-  moved between the two workers (``transfer_outgoing_bytes_total``).
+  worker, encoded as a Beam runner's shuffle would (key: FastPrimitivesCoder;
+  value: WindowedValueCoder on the global window; numpy arrays are pickled),
+  from a 1-in-``--sample`` sample of the elements; and the bytes dask actually
+  moved between the two workers (``transfer_outgoing_bytes_total``: pickled
+  partitions, about half of all shuffled data with two workers).
 
     python bench/scale.py --rows 100000 1000000
     python bench/scale.py --rows 1000000 --no-semantic --json out.json
+    python bench/scale.py --rows --planning-rows 1000000     # only the driver's planning
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ import glob
 import hashlib
 import json
 import os
-import re
 import tempfile
 import threading
 import time
@@ -65,8 +66,11 @@ def _near(rng: np.random.Generator, e: np.ndarray, cos_low: float, cos_high: flo
     return (c * e + np.sqrt(1 - c * c) * u).astype(np.float32)
 
 
-def synthetic_chunk(chunk: int, seed: int, dup_fraction: float):
-    """The key records of one chunk (CHUNK_ROWS rows); deterministic for (chunk, seed)."""
+def synthetic_chunk(chunk: int, seed: int, dup_fraction: float, embeddings: bool = True):
+    """The key records of one chunk (CHUNK_ROWS rows); deterministic for (chunk, seed).
+
+    Without ``embeddings`` the records carry none, as in a run without CLIP.
+    """
     from paircurate.schemas import records as R
     from paircurate.schemas.identity import make_uid
 
@@ -101,7 +105,7 @@ def synthetic_chunk(chunk: int, seed: int, dup_fraction: float):
             R.CLIP_SCORE: float(scores[i]),
             R.SHA256: sha[i],
             R.PHASH: format(int(phashes[i]), "016x"),
-            R.IMAGE_EMBEDDING: emb16[i],
+            R.IMAGE_EMBEDDING: emb16[i] if embeddings else None,
         }
 
 
@@ -122,15 +126,25 @@ def planted_count(rows: int, seed: int, dup_fraction: float) -> int:
 
 
 def _measure_partition(items, label: str, where: str, every: int):
-    """Passes a partition on unchanged; writes the encoded size of a sample of it to ``where``."""
-    from apache_beam.coders.coders import FastPrimitivesCoder
+    """Passes a partition on unchanged; writes the encoded size of a sample of it to ``where``.
+
+    A shuffle element is (key, value in its window): encoded as a runner's
+    shuffle would, the key with FastPrimitivesCoder and the value with a
+    WindowedValueCoder over the global window (~10 bytes of window metadata).
+    """
+    from apache_beam.coders.coders import FastPrimitivesCoder, GlobalWindowCoder, WindowedValueCoder
+    from apache_beam.utils.windowed_value import WindowedValue
 
     coder = FastPrimitivesCoder()
+    windowed = WindowedValueCoder(coder, GlobalWindowCoder())
     sampled = encoded = 0
     items = list(items)
     for item in items[::every]:
         sampled += 1
-        encoded += len(coder.encode(item))
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], WindowedValue):
+            encoded += len(coder.encode(item[0])) + len(windowed.encode(item[1]))
+        else:
+            encoded += len(coder.encode(item))
     with open(os.path.join(where, f"{uuid.uuid4().hex}.json"), "w") as fh:
         json.dump({"label": label, "elements": len(items), "sampled": sampled, "sampled_bytes": encoded}, fh)
     return items
@@ -186,6 +200,7 @@ class PeakRss:
 
         self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
         self.peaks = {name: 0 for name in pids}
+        self.cpu_s = {name: 0.0 for name in pids}  # user + system seconds while sampling: contention does not inflate it
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._interval = interval
@@ -199,27 +214,44 @@ class PeakRss:
                     pass
             self._stop.wait(self._interval)
 
+    def _cpu(self) -> dict[str, float]:
+        return {name: sum(proc.cpu_times()[:2]) for name, proc in self._procs.items()}
+
     def __enter__(self):
+        self._cpu_start = self._cpu()
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        end = self._cpu()
+        self.cpu_s = {name: end[name] - self._cpu_start[name] for name in end}
 
 
-_HEX_SUFFIX = re.compile(r"-[0-9a-f]{8,}$")
+# Beam steps by the part of dedup they belong to; dask fuses consecutive steps
+# into one task, which counts for the stage of the first step it names.
+_STAGES = [
+    ("generate (bench only)", ("Chunks", "SpreadChunks", "Generate")),
+    ("count removals (bench only)", ("ByReason", "CountReasons", "Report")),
+    ("measure (bench only)", ("measure-",)),
+    ("keys", ("Dedup/Keys",)),
+    ("exact", ("Exact",)),
+    ("pHash", ("PhashBands", "GroupBands", "PhashPairs")),
+    ("semantic", ("HasEmbedding", "Count", "TrainingSample", "Embeddings", "KMeans", "BatchForAssign", "AssignClusters", "GroupClusters", "SemanticPairs")),
+    ("components", ("AllPairs", "PairEnds", "KeyInfo", "JoinEnds", "Involved", "Resolve", "AllRemovals")),
+]
 
 
-def _step_of(key) -> str:
-    name = key[0] if isinstance(key, tuple) else str(key)
-    name = _HEX_SUFFIX.sub("", name)
-    name = _HEX_SUFFIX.sub("", name)
-    if name.startswith("measure-"):
-        return "measuring (bench only)"
-    if "." in name or name[:1].isupper():
-        return name.replace(".", "/")
-    return "dask: " + name.split("-")[0]  # groupby / shuffle / concat tasks of dask itself
+def stage_of(name: str) -> str:
+    """The dedup stage of a dask task (by its key) or of a Beam label."""
+    name = name.replace(".", "/")
+    hits = [(name.find(w), stage) for stage, words in _STAGES for w in (word.replace(".", "/") for word in words) if w in name]
+    return min(hits)[1] if hits else "dask shuffle tasks"
+
+
+def _task_name(key) -> str:
+    return key[0] if isinstance(key, tuple) else str(key)
 
 
 def _strip_label(label: str) -> str:
@@ -251,7 +283,7 @@ def run_once(rows: int, args) -> dict:
             p
             | "Chunks" >> beam.Create([(c, None) for c in range(chunks)])
             | "SpreadChunks" >> beam.GroupByKey()  # Create makes one partition; a shuffle spreads the chunks
-            | "Generate" >> beam.FlatMap(lambda kv: synthetic_chunk(kv[0], args.seed, args.dup_fraction))
+            | "Generate" >> beam.FlatMap(lambda kv: synthetic_chunk(kv[0], args.seed, args.dup_fraction, args.semantic))
             | "Dedup" >> FindDuplicates(cfg, ImageConfig(), semantic=args.semantic)
         )
         counted = (
@@ -273,7 +305,7 @@ def run_once(rows: int, args) -> dict:
     for task in tasks:
         for ss in task.get("startstops", ()):
             if ss.get("action") == "compute":
-                compute[_step_of(task["key"])] += ss["stop"] - ss["start"]
+                compute[stage_of(_task_name(task["key"]))] += ss["stop"] - ss["start"]
     shuffles = defaultdict(lambda: {"elements": 0, "sampled": 0, "sampled_bytes": 0})
     for path in glob.glob(os.path.join(where, "*.json")):
         with open(path) as fh:
@@ -288,44 +320,80 @@ def run_once(rows: int, args) -> dict:
         "semantic": args.semantic,
         "wall_s": round(wall, 1),
         "peak_rss_mib": {k: round(v / 2**20) for k, v in sorted(rss.peaks.items())},
+        "worker_cpu_s": round(sum(rss.cpu_s.values()), 1),
+        "tasks": len(tasks),
         "dask_bytes_between_workers_per_row": round(sent / rows, 1),
         "removed": removed,
         "planted": planted_count(rows, args.seed, args.dup_fraction),
         "compute_s": {k: round(v, 1) for k, v in sorted(compute.items(), key=lambda kv: -kv[1])},
         "shuffle": {
             label: {
+                "stage": stage_of(label),
                 "elements": s["elements"],
                 "bytes_per_row": round(s["sampled_bytes"] / max(s["sampled"], 1) * s["elements"] / rows, 1),
             }
-            for label, s in sorted(shuffles.items())
+            for label, s in sorted(shuffles.items(), key=lambda kv: (stage_of(kv[0]), kv[0]))
         },
     }
 
 
+def measure_planning(rows: int) -> dict:
+    """Seconds the driver spends planning (``plan_inputs`` counts every row) for one Parquet list of ``rows`` rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from paircurate.pipeline.read import plan_inputs
+    from paircurate.schemas.config import InputConfig
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "list.parquet")
+        ids = np.arange(rows)
+        table = pa.table({
+            "url": pa.array([f"http://img{i % 997}.example.com/{i}.jpg" for i in ids]),
+            "caption": pa.array([f"a photo number {i} of something" for i in ids]),
+        })
+        pq.write_table(table, path, row_group_size=100_000)
+        start = time.perf_counter()
+        (planned,) = plan_inputs(InputConfig(paths=(path,)))
+        seconds = time.perf_counter() - start
+        assert planned.num_rows == rows
+        return {"planning_rows": rows, "planning_s": round(seconds, 2), "planning_rows_per_s": round(rows / seconds)}
+
+
 def print_table(result: dict) -> None:
     print(f"\n## {result['rows']:,} rows, {result['workers']} workers, semantic={result['semantic']}: "
-          f"{result['wall_s']} s, peak RSS per worker {result['peak_rss_mib']} MiB, "
+          f"{result['wall_s']} s, {result['worker_cpu_s']} worker CPU s, {result['tasks']} dask tasks, peak RSS per worker {result['peak_rss_mib']} MiB, "
           f"dask moved {result['dask_bytes_between_workers_per_row']} B/row between workers; "
           f"removed {result['removed']} (planted {result['planted']})")
-    print("\n| shuffle or side input | elements | bytes per input row |\n|---|---|---|")
+    print("\n| stage | shuffle or side input | elements | bytes per input row |\n|---|---|---|---|")
     for label, s in result["shuffle"].items():
-        print(f"| {label} | {s['elements']:,} | {s['bytes_per_row']} |")
-    print("\n| step | compute s |\n|---|---|")
-    for step, sec in result["compute_s"].items():
-        print(f"| {step} | {sec} |")
+        print(f"| {s['stage']} | {label} | {s['elements']:,} | {s['bytes_per_row']} |")
+    totals = defaultdict(float)
+    for s in result["shuffle"].values():
+        totals[s["stage"]] += s["bytes_per_row"]
+    print("\n| stage | compute s (both workers) | shuffled + gathered bytes per row |\n|---|---|---|")
+    for stage in sorted(set(result["compute_s"]) | set(totals)):
+        print(f"| {stage} | {result['compute_s'].get(stage, 0.0)} | {round(totals.get(stage, 0.0), 1)} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, nargs="+", default=[100_000], help="sizes to run (multiples of 10,000)")
+    ap.add_argument("--rows", type=int, nargs="*", default=[100_000], help="sizes to run (multiples of 10,000)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--worker-memory", default="8GiB", help="dask memory_limit per worker")
     ap.add_argument("--dup-fraction", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sample", type=int, default=16, help="encode 1 in N elements to estimate shuffle bytes")
-    ap.add_argument("--no-semantic", dest="semantic", action="store_false")
+    ap.add_argument("--no-semantic", dest="semantic", action="store_false", help="records without embeddings (a run without CLIP)")
     ap.add_argument("--json", help="append results to this JSON-lines file")
+    ap.add_argument("--planning-rows", type=int, default=0, help="also time the driver's planning of a Parquet list of this many rows")
     args = ap.parse_args()
+    if args.planning_rows:
+        result = measure_planning(args.planning_rows)
+        print(f"\ndriver planning (plan_inputs) of {result['planning_rows']:,} rows: {result['planning_s']} s, {result['planning_rows_per_s']:,} rows/s")
+        if args.json:
+            with open(args.json, "a") as fh:
+                fh.write(json.dumps(result) + "\n")
     for rows in args.rows:
         if rows % CHUNK_ROWS:
             ap.error(f"--rows {rows}: must be a multiple of {CHUNK_ROWS}")

@@ -228,6 +228,17 @@ def _cluster_pairs(item, threshold: float):
     return cluster_pairs(cid, uids, np.stack([m[1] for m in members]), np.stack([m[2] for m in members]), threshold)
 
 
+def in_sample_range(key: dict, count: int, size: int) -> bool:
+    """Whether a key's uid lies in the lowest ``2 * size / count`` of the uid space (hex uids)."""
+    fraction = 2 * size / max(count, 1)
+    if fraction >= 1:
+        return True
+    try:
+        return int(key[R.UID][:12], 16) < fraction * 16**12
+    except ValueError:  # not a hex uid: keep it, Top.Of still picks the smallest
+        return True
+
+
 def _train_centroids(sample: list[np.ndarray], count: int, n_clusters: int) -> np.ndarray | None:
     from paircurate.dedup.semantic import default_n_clusters, train_kmeans
 
@@ -441,8 +452,13 @@ class FindDuplicates(beam.PTransform):
             count = with_emb | "Count" >> beam.combiners.Count.Globally()
             # The training sample is the smallest uids: uids are hashes, so this
             # is a uniform sample, and the same one on every run and runner.
+            # Top.Of alone would send every bundle's candidates (up to the whole
+            # input, embeddings included) to one worker; a filter on the uid's
+            # value first lets through about twice the sample, which holds the
+            # smallest uids unless the uids are not uniform hashes.
             centroids = (
                 with_emb
+                | "SampleRange" >> beam.Filter(in_sample_range, count=beam.pvalue.AsSingleton(count), size=KMEANS_TRAINING_POINTS)
                 | "TrainingSample" >> beam.combiners.Top.Of(KMEANS_TRAINING_POINTS, key=lambda k: k[R.UID], reverse=True)
                 | "Embeddings" >> beam.Map(lambda ks: [k[R.IMAGE_EMBEDDING] for k in ks])
                 | "KMeans" >> beam.Map(_train_centroids, count=beam.pvalue.AsSingleton(count), n_clusters=cfg.semantic_clusters)

@@ -185,3 +185,19 @@ def test_resolve_components_on_a_long_chain_a_star_and_duplicate_edges():
 
 def test_resolve_components_of_no_pairs_is_nothing():
     run_components([], {}, set(), {}, rounds=3)
+
+
+# --- the k-means training sample is filtered before it is gathered ---------------------------
+
+
+def test_sample_range_keeps_the_smallest_uids_and_about_twice_the_sample():
+    import hashlib
+
+    from paircurate.pipeline.dedup import in_sample_range
+
+    uids = [hashlib.sha256(str(i).encode()).hexdigest()[:32] for i in range(200_000)]
+    kept = [u for u in uids if in_sample_range({R.UID: u}, count=len(uids), size=5_000)]
+    assert 9_000 < len(kept) < 11_000
+    assert set(sorted(uids)[:5_000]) <= set(kept)
+    assert all(in_sample_range({R.UID: u}, count=8_000, size=5_000) for u in uids[:100])  # small inputs: everything
+    assert in_sample_range({R.UID: "not-hex"}, count=10**9, size=5_000)
