@@ -28,6 +28,7 @@ worker processes on 127.0.0.1:
     python bench/scale.py --rows 100000 1000000
     python bench/scale.py --rows 1000000 --no-semantic --json out.json
     python bench/scale.py --rows --planning-rows 1000000     # only the driver's planning
+    python bench/scale.py --extrapolate out.json --to 100000000 5000000000
 """
 
 from __future__ import annotations
@@ -360,6 +361,109 @@ def measure_planning(rows: int) -> dict:
         return {"planning_rows": rows, "planning_s": round(seconds, 2), "planning_rows_per_s": round(rows / seconds)}
 
 
+# --- extrapolation -----------------------------------------------------------------------------
+#
+# CPU(n) = (linear part per row, measured) * n + the three kernels whose work
+# grows faster than n, each timed here on one thread:
+#   pHash:    within each LSH bucket all pairs are compared; band b has 2^w_b
+#             buckets of n / 2^w_b random hashes: sum_b n^2 / 2^(w_b + 1) pairs;
+#   semantic: k = min(sqrt n, training sample) clusters of m = n / k members,
+#             each also probed by ~m queries (nprobe 2): ~1.5 * n * m dot products;
+#   assign:   n * k dot products against the centroids (FAISS IndexFlatIP).
+
+KMEANS_SAMPLE = 50_000  # paircurate.pipeline.dedup.KMEANS_TRAINING_POINTS
+
+
+def kernel_rates() -> dict:
+    """Comparisons per second of one thread for the pHash, semantic and assignment kernels."""
+    import faiss
+
+    from paircurate.dedup.perceptual import pairs_within
+    from paircurate.dedup.semantic import cluster_pairs, nearest_clusters
+
+    faiss.omp_set_num_threads(1)
+    rng = np.random.default_rng(0)
+    b = 6000
+    items = [(f"u{i}", format(int(h), "016x")) for i, h in enumerate(rng.integers(0, 2**63, size=b, dtype=np.int64))]
+    start = time.perf_counter()
+    pairs_within(items, 4, band=0)
+    phash_rate = b * (b - 1) / 2 / (time.perf_counter() - start)
+
+    m = 3000
+    x = _unit(rng.standard_normal((2 * m, DIM), dtype=np.float32))
+    clusters = np.array([[0, 1]] * m + [[1, 0]] * m)
+    start = time.perf_counter()
+    cluster_pairs(0, [f"u{i:05d}" for i in range(2 * m)], x, clusters, 0.95)
+    semantic_rate = 1.5 * m * m / (time.perf_counter() - start)
+
+    centroids = _unit(rng.standard_normal((4096, DIM), dtype=np.float32))
+    batch = _unit(rng.standard_normal((8192, DIM), dtype=np.float32))
+    start = time.perf_counter()
+    nearest_clusters(batch, centroids, k=2)
+    assign_rate = len(batch) * len(centroids) / (time.perf_counter() - start)
+    return {"phash_pairs_per_s": phash_rate, "semantic_dots_per_s": semantic_rate, "assign_dots_per_s": assign_rate}
+
+
+def kernel_work(n: int) -> dict:
+    from paircurate.dedup.perceptual import band_layout
+
+    k = min(max(1, round(np.sqrt(n))), KMEANS_SAMPLE)
+    return {
+        "phash_pairs": sum(n * n / 2 ** (w + 1) for _, w in band_layout(4)),
+        "semantic_dots": 1.5 * n * (n / k),
+        "assign_dots": n * k,
+        "k": k,
+        "largest_phash_bucket": n / 2**12,
+        "semantic_group_rows": 2 * n / k,
+    }
+
+
+def kernel_cpu_s(n: int, rates: dict, semantic: bool = True) -> dict:
+    work = kernel_work(n)
+    out = {"pHash": work["phash_pairs"] / rates["phash_pairs_per_s"]}
+    if semantic:
+        out["semantic"] = work["semantic_dots"] / rates["semantic_dots_per_s"] + work["assign_dots"] / rates["assign_dots_per_s"]
+    return out
+
+
+def extrapolate(results: list[dict], sizes: list[int]) -> None:
+    """Per-row shuffle bytes and linear CPU from the largest measured runs, plus the kernels, at ``sizes``."""
+    rates = kernel_rates()
+    print("\nkernel rates, one thread on this (shared) machine: " + ", ".join(f"{k} {v:.3g}" for k, v in rates.items()))
+    runs = [r for r in results if "rows" in r]
+    with_sem = max((r for r in runs if r["semantic"]), key=lambda r: r["rows"])
+    without = max((r for r in runs if not r["semantic"]), key=lambda r: r["rows"], default=with_sem)
+    bench_only = ("generate (bench only)", "count removals (bench only)", "measure (bench only)")
+
+    def linear_cpu_per_row(run: dict) -> float:
+        # Worker CPU of the run, less the bench-only stages (by their share of task time), less the kernels.
+        total = sum(run["compute_s"].values())
+        dedup_share = sum(v for k, v in run["compute_s"].items() if k not in bench_only) / total
+        kernels = sum(kernel_cpu_s(run["rows"], rates, run["semantic"]).values())
+        return max(run["worker_cpu_s"] * dedup_share - kernels, 0.0) / run["rows"]
+
+    def stage_bytes(run: dict) -> dict:
+        totals = defaultdict(float)
+        for s in run["shuffle"].values():
+            if s["stage"] not in bench_only:
+                totals[s["stage"]] += s["bytes_per_row"]
+        return totals
+
+    lin_sem, lin_plain = linear_cpu_per_row(with_sem), linear_cpu_per_row(without)
+    bytes_sem, bytes_plain = stage_bytes(with_sem), stage_bytes(without)
+    print(f"linear CPU per row: {lin_plain * 1e3:.2f} ms without embeddings ({without['rows']:,}-row run), "
+          f"{lin_sem * 1e3:.2f} ms with ({with_sem['rows']:,}-row run)")
+    print("\n| rows | k clusters | pHash pairs compared | semantic dot products | CPU core-hours: linear / pHash / semantic | shuffled TB: exact / pHash / semantic / components |")
+    print("|---|---|---|---|---|---|")
+    for n in sizes:
+        work, kern = kernel_work(n), kernel_cpu_s(n, rates)
+        b = {stage: bytes_plain.get(stage, 0.0) for stage in ("exact", "pHash", "components")}
+        b["semantic"] = bytes_sem.get("semantic", 0.0)
+        print(f"| {n:,} | {work['k']:,} | {work['phash_pairs']:.2g} | {work['semantic_dots'] + work['assign_dots']:.2g} | "
+              f"{lin_sem * n / 3600:,.0f} / {kern['pHash'] / 3600:,.0f} / {kern['semantic'] / 3600:,.0f} | "
+              f"{b['exact'] * n / 1e12:.2f} / {b['pHash'] * n / 1e12:.2f} / {b['semantic'] * n / 1e12:.2f} / {b['components'] * n / 1e12:.2f} |")
+
+
 def print_table(result: dict) -> None:
     print(f"\n## {result['rows']:,} rows, {result['workers']} workers, semantic={result['semantic']}: "
           f"{result['wall_s']} s, {result['worker_cpu_s']} worker CPU s, {result['tasks']} dask tasks, peak RSS per worker {result['peak_rss_mib']} MiB, "
@@ -387,7 +491,13 @@ def main() -> None:
     ap.add_argument("--no-semantic", dest="semantic", action="store_false", help="records without embeddings (a run without CLIP)")
     ap.add_argument("--json", help="append results to this JSON-lines file")
     ap.add_argument("--planning-rows", type=int, default=0, help="also time the driver's planning of a Parquet list of this many rows")
+    ap.add_argument("--extrapolate", metavar="JSON", help="no runs: extrapolate the results in this JSON-lines file to --to sizes")
+    ap.add_argument("--to", type=int, nargs="+", default=[1_000_000, 100_000_000, 5_000_000_000])
     args = ap.parse_args()
+    if args.extrapolate:
+        with open(args.extrapolate) as fh:
+            extrapolate([json.loads(line) for line in fh if line.strip()], args.to)
+        return
     if args.planning_rows:
         result = measure_planning(args.planning_rows)
         print(f"\ndriver planning (plan_inputs) of {result['planning_rows']:,} rows: {result['planning_s']} s, {result['planning_rows_per_s']:,} rows/s")
