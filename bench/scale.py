@@ -437,10 +437,12 @@ def extrapolate(results: list[dict], sizes: list[int]) -> None:
 
     def linear_cpu_per_row(run: dict) -> float:
         # Worker CPU of the run, less the bench-only stages (by their share of task time), less the kernels.
+        # Runs without worker_cpu_s (older JSON) fall back to task time: an upper bound on a shared machine.
         total = sum(run["compute_s"].values())
-        dedup_share = sum(v for k, v in run["compute_s"].items() if k not in bench_only) / total
+        dedup = sum(v for k, v in run["compute_s"].items() if k not in bench_only)
+        cpu = run["worker_cpu_s"] * dedup / total if "worker_cpu_s" in run else dedup
         kernels = sum(kernel_cpu_s(run["rows"], rates, run["semantic"]).values())
-        return max(run["worker_cpu_s"] * dedup_share - kernels, 0.0) / run["rows"]
+        return max(cpu - kernels, 0.0) / run["rows"]
 
     def stage_bytes(run: dict) -> dict:
         totals = defaultdict(float)
