@@ -8,14 +8,15 @@ rows, a third each): exact (same sha256, pHash and embedding), perceptual
 (pHash 1-4 bits away, embedding at cosine 0.96-0.995) and semantic (new
 pHash, embedding at cosine 0.96-0.995); a copy's source may itself be a copy,
 so groups are stars and short chains. Ordinary embeddings lie around 1,024
-shared centres at cosine ~0.8 from each other: only planted pairs are
+shared centres, two of one centre at cosine ~0.8: only planted pairs are
 duplicates.
 
 Measured, per size, on a ``LocalCluster`` of ``--workers`` single-threaded
 worker processes on 127.0.0.1:
 
-- wall time of the pipeline run (cluster start-up excluded) and compute
-  seconds per Beam step, from dask's task stream;
+- wall time of the pipeline run (cluster start-up excluded), CPU seconds of
+  the worker processes (psutil), and task seconds per dedup stage from dask's
+  task stream (dask fuses steps: a fused task counts for its first step);
 - peak RSS per worker process (psutil, sampled every 0.2 s);
 - bytes per input row entering each shuffle (GroupByKey, CoGroupByKey,
   the shuffles inside combines) and each side input gathered on one
