@@ -73,7 +73,7 @@ def expected_removals(pairs, scores, pinned, shards) -> list[dict]:
 
 
 def run_components(pairs, scores, pinned, shards, rounds: int) -> None:
-    """Runs ResolveComponents on FnApiRunner and asserts it equals resolve_duplicates (NaN-safe)."""
+    """Runs ResolveComponents on FnApiRunner and asserts it names exactly the removals resolve_duplicates names."""
     infos = [(u, (scores.get(u), shards[u], u in pinned)) for u in shards]
     expected = expected_removals(pairs, scores, pinned, shards)
     with beam.Pipeline(runner=FnApiRunner()) as p:
