@@ -108,7 +108,7 @@ def resolve_duplicates(
             # Which root wins does not matter: only the membership of a
             # component is used, and that is the same for any edge order.
             parent[ra] = rb
-        edge = (KIND_PRIORITY[pair.kind], -pair.similarity)
+        edge = best_edge_rank(pair)
         for uid in (pair.a, pair.b):
             if uid not in best or edge < best[uid]:
                 best[uid] = edge
@@ -118,21 +118,108 @@ def resolve_duplicates(
         groups[find(uid)].append(uid)
 
     pinned_set = frozenset(pinned)
-    kinds = {priority: kind for kind, priority in KIND_PRIORITY.items()}
     removed: dict[str, Removal] = {}
     for members in groups.values():
-        keeper = min(members, key=lambda uid: _keeper_rank(uid, scores.get(uid), uid in pinned_set))
+        keeper = min(members, key=lambda uid: keeper_rank(uid, scores.get(uid), uid in pinned_set))
         for uid in members:
             if uid == keeper or uid in pinned_set:
                 continue
-            priority, neg_sim = best[uid]
-            removed[uid] = Removal(reason=kinds[priority], duplicate_of=keeper, similarity=-neg_sim)
+            removed[uid] = removal_for(best[uid], keeper)
     return removed
 
 
-def _keeper_rank(uid: str, score: float | None, is_pinned: bool) -> tuple:
+def keeper_rank(uid: str, score: float | None, is_pinned: bool) -> tuple:
+    """Sort key of a group member: the smallest rank is the group's keeper.
+
+    Pinned first, then scored before unscored (None, NaN), then highest
+    score, then smallest uid (so two members never tie).
+    """
     has_score = score is not None and not math.isnan(score)
     return (not is_pinned, not has_score, -score if has_score else 0.0, uid)
+
+
+def best_edge_rank(pair: DuplicatePair) -> tuple[int, float]:
+    """How strongly one edge names its endpoints' reason: smaller is stronger (kind, then similarity)."""
+    return (KIND_PRIORITY[pair.kind], -pair.similarity)
+
+
+def removal_for(best: tuple[int, float], keeper: str) -> Removal:
+    """The removal of a non-keeper whose strongest edge is ``best`` (a :func:`best_edge_rank`)."""
+    priority, neg_sim = best
+    return Removal(reason=_KIND_OF_PRIORITY[priority], duplicate_of=keeper, similarity=-neg_sim)
+
+
+_KIND_OF_PRIORITY = {priority: kind for kind, priority in KIND_PRIORITY.items()}
+
+
+# --- Connected components by rounds of local steps ----------------------------
+#
+# The pipeline cannot hold every edge on one worker at scale, so it finds the
+# components with the "alternating large-star / small-star" algorithm of
+# Kiveris et al., "Connected Components in MapReduce and Beyond" (SoCC 2014):
+# each step groups the edges by one node and rewrites that node's
+# neighbourhood; no step adds edges, components are kept, and after O(log^2 n)
+# rounds (O(log n) in practice) every component is a star around its smallest
+# node. After a fixed number of rounds, :func:`residual_edges` lists the edges
+# that still disagree on a label, and :func:`merge_labels` finishes those with
+# union-find on one worker: the result is exact for any number of rounds, and
+# the rounds only make that residual small. Nodes are uids, ordered as strings.
+
+
+def large_star(node: str, neighbours: Iterable[str]) -> list[tuple[str, str]]:
+    """Large-star step at ``node``: every larger neighbour is linked to the smallest of the neighbourhood.
+
+    >>> large_star("c", ["a", "d", "e"])
+    [('d', 'a'), ('e', 'a')]
+    """
+    neighbours = set(neighbours)
+    smallest = min(neighbours | {node})
+    return [(v, smallest) for v in sorted(neighbours) if v > node]
+
+
+def small_star(node: str, smaller_neighbours: Iterable[str]) -> list[tuple[str, str]]:
+    """Small-star step at ``node`` (given its neighbours smaller than itself): all of them, and
+    ``node``, are linked to the smallest one.
+
+    >>> small_star("d", ["b", "a"])
+    [('b', 'a'), ('d', 'a')]
+    """
+    members = set(smaller_neighbours) | {node}
+    smallest = min(members)
+    return [(v, smallest) for v in sorted(members) if v != smallest]
+
+
+def residual_edges(label: str, neighbour_labels: Iterable[str]) -> list[tuple[str, str]]:
+    """Label pairs a node still has to merge: its own label against each different label of a neighbour.
+
+    ``label`` is the smallest node of the node's closed neighbourhood; when
+    every edge joins two nodes of the same label, each label is its
+    component's smallest node and nothing is left to merge.
+
+    >>> residual_edges("b", ["b", "a", "c"])
+    [('a', 'b'), ('b', 'c')]
+    """
+    # Smaller label first, so the same pair seen from both sides is one value to deduplicate.
+    return [(min(label, other), max(label, other)) for other in sorted(set(neighbour_labels)) if other != label]
+
+
+def merge_labels(edges: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Union-find over the residual label edges: each label seen -> the smallest label of its group."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        root = parent.setdefault(x, x)
+        while root != parent[root]:
+            parent[root] = parent[parent[root]]
+            root = parent[root]
+        return root
+
+    for a, b in edges:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            # The smaller root wins, so each root is its group's smallest label.
+            parent[max(ra, rb)] = min(ra, rb)
+    return {x: find(x) for x in parent}
 
 
 def pair_order(pair: DuplicatePair) -> tuple[str, str]:

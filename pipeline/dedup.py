@@ -7,6 +7,7 @@ image embedding), never on image bytes:
          --(pHash band)----------- GroupByKey -> pHash pairs (pigeonhole LSH: no all-pairs)
          --(nearest centroids)---- GroupByKey -> semantic pairs (SemDeDup, FAISS k-means)
     all pairs + the scores of their endpoints -> connected components -> one keeper per group
+                                                  (rounds of per-node steps: no worker holds all pairs)
 
 The keeper of a group is the highest CLIP score, then the smallest uid, so the
 same input gives the same output on any runner and in any order. The output
@@ -25,7 +26,16 @@ import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
 from paircurate import storage
-from paircurate.dedup.components import exact_pairs, resolve_duplicates
+from paircurate.dedup.components import (
+    best_edge_rank,
+    exact_pairs,
+    keeper_rank,
+    large_star,
+    merge_labels,
+    removal_for,
+    residual_edges,
+    small_star,
+)
 from paircurate.dedup.perceptual import PhashIndex, pairs_within, phash_bands, phash_of_encoded
 from paircurate.imaging.prepare import prepare_image
 from paircurate.pipeline.stage import REJECTED, IsolatedDoFn, RowIsolation
@@ -218,6 +228,17 @@ def _cluster_pairs(item, threshold: float):
     return cluster_pairs(cid, uids, np.stack([m[1] for m in members]), np.stack([m[2] for m in members]), threshold)
 
 
+def in_sample_range(key: dict, count: int, size: int) -> bool:
+    """Whether a key's uid lies in the lowest ``2 * size / count`` of the uid space (hex uids)."""
+    fraction = 2 * size / max(count, 1)
+    if fraction >= 1:
+        return True
+    try:
+        return int(key[R.UID][:12], 16) < fraction * 16**12
+    except ValueError:  # not a hex uid: keep it, Top.Of still picks the smallest
+        return True
+
+
 def _train_centroids(sample: list[np.ndarray], count: int, n_clusters: int) -> np.ndarray | None:
     from paircurate.dedup.semantic import default_n_clusters, train_kmeans
 
@@ -233,14 +254,142 @@ def _endpoint_info(item):
         yield uid, grouped["info"][0]
 
 
-def _resolve(_, pairs, infos):
-    scores = {uid: info[0] for uid, info in infos}
-    shards = {uid: info[1] for uid, info in infos}
-    pinned = [uid for uid, info in infos if info[2]]
-    removed = resolve_duplicates(set(pairs), scores, pinned)
-    for uid in sorted(removed):
-        r = removed[uid]
-        yield {R.UID: uid, R.SHARD: shards[uid], R.REASON: r.reason.value, R.DUPLICATE_OF: r.duplicate_of, R.SIMILARITY: r.similarity}
+# Large-star / small-star rounds unrolled in the graph. Dedup graphs are
+# mostly stars and small cliques, settled after one round; the rest (long
+# chains) shrink fast, and whatever is left after the last round is merged
+# exactly on one worker (see ResolveComponents).
+COMPONENT_ROUNDS = 3
+
+
+def _both_directions(edge: tuple[str, str]):
+    a, b = edge
+    yield a, b
+    yield b, a
+
+
+def _to_larger_end(edge: tuple[str, str]):
+    a, b = edge
+    yield (a, b) if a > b else (b, a)
+
+
+def _labels_and_claims(item):
+    """Per node: its label (smallest of its closed neighbourhood), and that label as a claim on each neighbour."""
+    node, neighbours = item
+    neighbours = set(neighbours)
+    label = min(neighbours | {node})
+    yield beam.pvalue.TaggedOutput("labels", (node, label))
+    for v in neighbours:
+        yield v, label
+
+
+def _residual(item):
+    _, grouped = item
+    (label,) = grouped["label"]
+    return residual_edges(label, grouped["claims"])
+
+
+def _component_of(item, merged: dict):
+    node, label = item
+    return node, merged.get(label, label)
+
+
+def _rank_in_component(item):
+    """(component, (keeper rank, shard, best edge)) of one uid that takes part in a duplicate pair."""
+    uid, grouped = item
+    (component,) = grouped["component"]
+    (best,) = grouped["best"]
+    score, shard, pinned = grouped["info"][0]
+    return component, (keeper_rank(uid, score, pinned), shard, best)
+
+
+def _removals_of_component(item):
+    _, grouped = item
+    (keeper,) = grouped["keeper"]
+    keeper_uid = keeper[-1]
+    for rank, shard, best in grouped["members"]:
+        uid, pinned = rank[-1], not rank[0]
+        if uid == keeper_uid or pinned:
+            continue
+        r = removal_for(best, keeper_uid)
+        yield {R.UID: uid, R.SHARD: shard, R.REASON: r.reason.value, R.DUPLICATE_OF: r.duplicate_of, R.SIMILARITY: r.similarity}
+
+
+class ResolveComponents(beam.PTransform):
+    """(duplicate pairs, ``(uid, (score, shard, pinned))`` of their endpoints) -> removals.
+
+    The same removals as :func:`paircurate.dedup.components.resolve_duplicates`
+    on all pairs at once, computed with shuffles keyed by uid or by component:
+
+    1. each uid's strongest edge (kind, then similarity): a combine per uid;
+    2. the components: ``rounds`` of large-star then small-star, each a group
+       by node of the current edges; then each node's label (the smallest uid
+       around it) and the label pairs that still disagree, merged on one worker
+       (empty when the rounds converged, which is the usual case);
+    3. the keeper of each component (pinned, score, uid): a combine per
+       component; then one removal per other, unpinned member.
+
+    A group never holds more than one node's neighbours or one component's
+    members, so memory per worker is bounded by the largest duplicate group,
+    not by the number of pairs.
+    """
+
+    def __init__(self, rounds: int = COMPONENT_ROUNDS) -> None:
+        super().__init__()
+        self._rounds = rounds
+
+    def expand(self, inputs):
+        pairs, infos = inputs
+        best = (
+            pairs
+            | "EdgeStrength" >> beam.FlatMap(lambda p: [(p.a, best_edge_rank(p)), (p.b, best_edge_rank(p))])
+            | "StrongestEdge" >> beam.CombinePerKey(min)
+        )
+        edges = pairs | "Edges" >> beam.Map(lambda p: (p.a, p.b)) | "DistinctEdges" >> beam.Distinct()
+        for i in range(self._rounds):
+            edges = (
+                edges
+                | f"LargeStarKeys{i}" >> beam.FlatMap(_both_directions)
+                | f"LargeStarGroup{i}" >> beam.GroupByKey()
+                | f"LargeStar{i}" >> beam.FlatMapTuple(large_star)
+                | f"SmallStarKeys{i}" >> beam.FlatMap(_to_larger_end)
+                | f"SmallStarGroup{i}" >> beam.GroupByKey()
+                | f"SmallStar{i}" >> beam.FlatMapTuple(small_star)
+            )
+        neighbourhoods = (
+            edges
+            | "LabelKeys" >> beam.FlatMap(_both_directions)
+            | "Neighbourhoods" >> beam.GroupByKey()
+            | "LabelsAndClaims" >> beam.FlatMap(_labels_and_claims).with_outputs("labels", main="claims")
+        )
+        labels = neighbourhoods.labels
+        residual = (
+            {"label": labels, "claims": neighbourhoods.claims}
+            | "JoinClaims" >> beam.CoGroupByKey()
+            | "Residual" >> beam.FlatMap(_residual)
+            | "DistinctResidual" >> beam.Distinct()
+        )
+        # Only the labels still to merge travel to one worker: nothing when the rounds converged.
+        merged = (
+            pairs.pipeline
+            | "MergeOnce" >> beam.Create([None])
+            | "MergeResidual" >> beam.FlatMap(lambda _, edges: merge_labels(edges).items(), edges=beam.pvalue.AsList(residual))
+        )
+        components = labels | "Components" >> beam.Map(_component_of, merged=beam.pvalue.AsDict(merged))
+        ranked = (
+            {"component": components, "best": best, "info": infos}
+            | "JoinPerUid" >> beam.CoGroupByKey()
+            | "RankInComponent" >> beam.Map(_rank_in_component)
+        )
+        keepers = (
+            ranked
+            | "Ranks" >> beam.Map(lambda kv: (kv[0], kv[1][0]))
+            | "Keeper" >> beam.CombinePerKey(min)
+        )
+        return (
+            {"members": ranked, "keeper": keepers}
+            | "JoinKeeper" >> beam.CoGroupByKey()
+            | "Removals" >> beam.FlatMap(_removals_of_component)
+        )
 
 
 class FindDuplicates(beam.PTransform):
@@ -303,8 +452,13 @@ class FindDuplicates(beam.PTransform):
             count = with_emb | "Count" >> beam.combiners.Count.Globally()
             # The training sample is the smallest uids: uids are hashes, so this
             # is a uniform sample, and the same one on every run and runner.
+            # Top.Of alone would send every bundle's candidates (up to the whole
+            # input, embeddings included) to one worker; a filter on the uid's
+            # value first lets through about twice the sample, which holds the
+            # smallest uids unless the uids are not uniform hashes.
             centroids = (
                 with_emb
+                | "SampleRange" >> beam.Filter(in_sample_range, count=beam.pvalue.AsSingleton(count), size=KMEANS_TRAINING_POINTS)
                 | "TrainingSample" >> beam.combiners.Top.Of(KMEANS_TRAINING_POINTS, key=lambda k: k[R.UID], reverse=True)
                 | "Embeddings" >> beam.Map(lambda ks: [k[R.IMAGE_EMBEDDING] for k in ks])
                 | "KMeans" >> beam.Map(_train_centroids, count=beam.pvalue.AsSingleton(count), n_clusters=cfg.semantic_clusters)
@@ -321,11 +475,5 @@ class FindDuplicates(beam.PTransform):
             ends = pairs | "PairEnds" >> beam.FlatMap(lambda p: [(p.a, 1), (p.b, 1)])
             info = keys | "KeyInfo" >> beam.Map(lambda k: (k[R.UID], (k[R.CLIP_SCORE], k[R.SHARD], k[PINNED])))
             involved = {"pairs": ends, "info": info} | "JoinEnds" >> beam.CoGroupByKey() | "Involved" >> beam.FlatMap(_endpoint_info)
-            # Components need every edge in one place; edges are uid pairs, a few
-            # bytes per duplicate, not per sample.
-            removals.append(
-                keys.pipeline
-                | "ResolveOnce" >> beam.Create([None])
-                | "Resolve" >> beam.FlatMap(_resolve, pairs=beam.pvalue.AsList(pairs), infos=beam.pvalue.AsList(involved))
-            )
+            removals.append((pairs, involved) | "Resolve" >> ResolveComponents())
         return removals | "AllRemovals" >> beam.Flatten()

@@ -14,6 +14,12 @@ its translation to ``dask.bag``:
    the results before calling ``invoke_finish_bundle``, so ``BatchElements``
    loses its last, partial batch of every bundle.
 
+Combines are lifted: Beam's non-portable ``CombinePerKey`` is a GroupByKey
+followed by the combine, so ``Count.Globally`` over the dedup keys sent every
+key record, embedding included, to one worker; here each bundle combines its
+own elements first (Beam's ``LiftedCombinePerKey``, as Dataflow and Flink do)
+and only one accumulator per key and bundle is shuffled.
+
 Side inputs are also changed: Beam materialises them inside each task with
 ``list(bag)`` (``DaskBagWindowedIterator``), i.e. a second computation of the
 side input's bag and its upstream graph, outside the scheduled graph (ours
@@ -34,7 +40,9 @@ import uuid
 import dask
 import dask.bag as db
 from apache_beam import DoFn, TaggedOutput, pvalue
-from apache_beam.pipeline import PipelineVisitor
+from apache_beam.pipeline import PipelineVisitor, PTransformOverride
+from apache_beam.transforms.combiners import LiftedCombinePerKey
+from apache_beam.transforms.core import CombinePerKey
 from apache_beam.runners.common import (
     DoFnContext,
     DoFnInvoker,
@@ -119,6 +127,17 @@ def _unreify(item):
 
 def _nothing(_part):
     return []
+
+
+class _LiftCombines(PTransformOverride):
+    """CombinePerKey -> a per-bundle partial combine, a shuffle of accumulators, a final merge."""
+
+    def matches(self, applied_ptransform) -> bool:
+        return type(applied_ptransform.transform) is CombinePerKey
+
+    def get_replacement_transform_for_applied_ptransform(self, applied_ptransform):
+        transform = applied_ptransform.transform
+        return LiftedCombinePerKey(transform.fn, transform.args, transform.kwargs)
 
 
 class PatchedDaskRunner(DaskRunner):
@@ -206,6 +225,7 @@ class PatchedDaskRunner(DaskRunner):
         dask_options = options.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
         bag_kwargs = DaskOptions._extract_bag_kwargs(dask_options)
         client = ddist.Client(**dask_options)
+        pipeline.replace_all([_LiftCombines()])
         pipeline.replace_all(dask_overrides())
         # At least two partitions per worker thread after each shuffle, so all workers get work.
         threads = sum(client.nthreads().values())
