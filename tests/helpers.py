@@ -115,3 +115,35 @@ def save_random_tiny(path, seed: int) -> dict:
     state = {k: v.contiguous() for k, v in open_clip.create_model(TINY_MODEL).state_dict().items()}
     save_file(state, str(path))
     return state
+
+
+# --- processes and caches ------------------------------------------------------------------------
+
+
+def kill_when(proc, ready, timeout: float, poll: float = 0.01) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()`` is true; fails if it finishes first or ``timeout`` passes."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, "run finished before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(poll)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def fake_hf_snapshot(cache_dir, repo_id: str, files: dict, commit: str = "0" * 40):
+    """The cache layout huggingface_hub writes (refs/main names the snapshot folder); ``files``: name -> writer(path)."""
+    repo = cache_dir / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    for name, write in files.items():
+        write(snapshot / name)
+    return snapshot

@@ -11,12 +11,12 @@ import random
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-
-from paircurate.testing import synthetic
-from paircurate.cli import main
 from paircurate.concepts.balancing import draw, keep_probability
 from paircurate.concepts.matcher import EntryMatcher
 from paircurate.embeddings.clip import TINY_MODEL
+
+from paircurate.cli import main
+from paircurate.testing import synthetic
 
 CAP = 20
 COMMON = 10 * CAP  # samples whose caption names "circle": 10x the cap
@@ -271,7 +271,6 @@ def test_duplicates_are_not_counted(skewed_world, tmp_path):
 
 def test_a_sample_balancing_cannot_key_leaves_as_an_internal_error_removal(skewed_world):
     import apache_beam as beam
-
     from paircurate.pipeline.balance import _EntryKeysFn
     from paircurate.schemas.config import BalanceConfig
 

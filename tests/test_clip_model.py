@@ -1,5 +1,4 @@
 import json
-import logging
 import socket
 
 import numpy as np
@@ -7,7 +6,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import save_random_tiny
+from helpers import fake_hf_snapshot, save_random_tiny
 from paircurate.embeddings import clip as clip_mod
 from paircurate.embeddings.clip import (
     TINY_CONFIG_PATH,
@@ -143,21 +142,9 @@ def test_uncached_tag_offline_fails_fast_without_touching_the_network(tmp_path, 
     assert not no_network
 
 
-def _fake_hf_snapshot(cache_dir, repo_id, files):
-    # The layout huggingface_hub writes: refs/main names the snapshot folder.
-    repo = cache_dir / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0" * 40)
-    for name, write in files.items():
-        write(snapshot / name)
-    return snapshot
-
-
 def test_cached_tag_loads_offline(random_tiny, tmp_path, monkeypatch, no_network):
     path, state = random_tiny
-    _fake_hf_snapshot(tmp_path, "paircurate/tiny-test", {
+    fake_hf_snapshot(tmp_path, "paircurate/tiny-test", {
         "open_clip_model.safetensors": lambda p: save_file(state, str(p)),
     })
     real = open_clip.get_pretrained_cfg
@@ -201,7 +188,7 @@ def test_local_dir_loading_matches_file_loading(random_tiny, tmp_path, no_networ
 
 def test_hf_hub_name_uses_the_cached_snapshot(random_tiny, tmp_path, no_network):
     _, state = random_tiny
-    snapshot = _fake_hf_snapshot(tmp_path, "paircurate/tiny-hub", {})
+    snapshot = fake_hf_snapshot(tmp_path, "paircurate/tiny-hub", {})
     (snapshot / "open_clip_config.json").write_text(
         json.dumps({"model_cfg": json.loads(TINY_CONFIG_PATH.read_text())}))
     save_file(state, str(snapshot / "open_clip_model.safetensors"))

@@ -12,13 +12,19 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from paircurate.cli import main
-from paircurate.concepts.balancing import CountSummary, decide, draw, keep_probability, summarize
+from paircurate.concepts.balancing import (
+    CountSummary,
+    decide,
+    draw,
+    keep_probability,
+    summarize,
+)
 from paircurate.concepts.labels import load_label_set
 from paircurate.concepts.matcher import EntryMatcher, normalize_text
 from paircurate.schemas.config import UserError
 from paircurate.schemas.outcomes import Reason
+
+from paircurate.cli import main
 
 # --- matcher ---------------------------------------------------------------------------------------
 
@@ -230,8 +236,9 @@ def test_bad_options_fail_before_the_run_in_one_line(tmp_path, capsys, flags, me
 
 
 def test_yaml_sections_and_flags_build_the_same_config(tmp_path):
-    from paircurate.cli import build_config, make_parser
     from paircurate.schemas.config import ConfigError, PipelineConfig
+
+    from paircurate.cli import build_config, make_parser
 
     path = tmp_path / "c.yaml"
     path.write_text("clip:\n  enabled: true\nconcepts:\n  labels: imagenet\n  top_k: 5\n"
@@ -250,10 +257,10 @@ def test_yaml_sections_and_flags_build_the_same_config(tmp_path):
 
 def test_label_embeddings_average_normalised_prompts_and_top_k_ranks_by_cosine(monkeypatch):
     import numpy as np
-
     from paircurate.concepts.labels import LabelSet
     from paircurate.embeddings.clip import TINY_MODEL, load_clip
     from paircurate.embeddings.zeroshot import label_embeddings, top_k_concepts
+
     from paircurate.testing import synthetic
 
     clip = load_clip(TINY_MODEL, TINY_MODEL, device="cpu")

@@ -17,13 +17,12 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from paircurate.dedup.components import (
     DuplicatePair,
     large_star,
     merge_labels,
-    resolve_duplicates,
     residual_edges,
+    resolve_duplicates,
     small_star,
 )
 from paircurate.pipeline.dedup import ResolveComponents

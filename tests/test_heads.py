@@ -14,13 +14,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+import webdataset as wds
+from helpers import read_rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-import webdataset as wds
-from torch import nn
-
-from paircurate.testing import synthetic
-from paircurate.cli import main
 from paircurate.embeddings.clip import TINY_MODEL, ModelLoadError, load_clip
 from paircurate.embeddings.heads import (
     AESTHETIC,
@@ -33,8 +30,11 @@ from paircurate.embeddings.heads import (
     resolve_head,
 )
 from paircurate.embeddings.train_heads import UNSAFE_COLOR
+from torch import nn
+
+from paircurate.cli import main
+from paircurate.testing import synthetic
 from paircurate.testing.hub import FakeHub
-from helpers import read_rows
 
 
 def _shared_models() -> Path | None:

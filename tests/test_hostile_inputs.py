@@ -10,7 +10,6 @@ import bz2
 import gzip
 import json
 import lzma
-import os
 import string
 import time
 
@@ -20,7 +19,12 @@ import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from paircurate.filters.caption import boilerplate_kind, check_caption, check_caption_length, clean_caption
+from paircurate.filters.caption import (
+    boilerplate_kind,
+    check_caption,
+    check_caption_length,
+    clean_caption,
+)
 from paircurate.filters.url import check_url
 from paircurate.pipeline.read import InputError, iter_rows, plan_inputs
 from paircurate.schemas.config import CaptionConfig, ConfigError, InputConfig

@@ -10,7 +10,6 @@ on 127.0.0.1.
 from __future__ import annotations
 
 import gzip
-import json
 import time
 
 from helpers import blocky_jpeg, read_output

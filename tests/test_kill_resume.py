@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import glob
 import os
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 
 import pyarrow.parquet as pq
-from helpers import blocky_jpeg
+from helpers import blocky_jpeg, kill_when
 
 NUM_URLS = 120
 SHARD_SIZE = 4  # many small shards, so the kill lands between shard completions
@@ -52,17 +50,8 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(loopback_server, tmp_pat
     subprocess.run(command(inputs, reference), check=True, capture_output=True)
 
     proc = subprocess.Popen(command(inputs, interrupted), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    try:
-        # Kill as soon as the first shard is complete: the writer is then mid-way through the rest.
-        while not glob.glob(os.path.join(interrupted, "*_stats.json")):
-            assert proc.poll() is None, "run finished before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    # Kill as soon as the first shard is complete: the writer is then mid-way through the rest.
+    kill_when(proc, lambda: glob.glob(os.path.join(interrupted, "*_stats.json")), timeout=120, poll=0.005)
     # Whatever the kill interrupted, no reader can see a truncated tar under a final name.
     every_tar_reads_to_the_end(interrupted)
     assert not os.path.exists(interrupted / "stats.json")

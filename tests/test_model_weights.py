@@ -20,12 +20,17 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
+from helpers import read_rows
+from paircurate.embeddings.clip import (
+    TINY_MODEL,
+    ModelLoadError,
+    load_clip,
+    resolve_weights,
+)
 from PIL import Image
 
 from paircurate.testing import synthetic
-from paircurate.embeddings.clip import TINY_MODEL, ModelLoadError, load_clip, resolve_weights
 from paircurate.testing.hub import FakeHub, tiny_model_repo_files
-from helpers import read_rows
 
 REPO = "paircurate/tiny-hub"
 N_PAIRS = 24

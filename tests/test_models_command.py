@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from paircurate.cli import main
+from helpers import fake_hf_snapshot
 from paircurate.embeddings.catalog import format_models, list_models
 from paircurate.embeddings.clip import TINY_MODEL
 
-
-def _fake_snapshot(cache_dir, repo_id, filename):
-    repo = cache_dir / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo / "snapshots" / ("1" * 40)
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("1" * 40)
-    (snapshot / filename).write_bytes(b"weights")
+from paircurate.cli import main
 
 
 def test_rows_carry_size_cache_state_threshold_and_heads(tmp_path):
-    _fake_snapshot(tmp_path, "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "open_clip_model.safetensors")
+    fake_hf_snapshot(tmp_path, "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", {"open_clip_model.safetensors": lambda p: p.write_bytes(b"weights")}, commit="1" * 40)
     rows = {(r.model, r.pretrained): r for r in list_models(cache_dir=str(tmp_path))}
     assert rows[("ViT-B-32", "laion2b_s34b_b79k")].cached
     assert not rows[("ViT-B-32", "openai")].cached

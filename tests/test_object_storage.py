@@ -8,26 +8,24 @@ standard environment (AWS_ENDPOINT_URL, STORAGE_EMULATOR_HOST, ...).
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
 import threading
-import time
 
 import fsspec
 import pytest
-from helpers import blocky_jpeg, read_output
+from helpers import blocky_jpeg, kill_when, read_output
+from paircurate.storage import filesystem
+from paircurate.storage.layout import OutputLayout
 from test_end_to_end import run_cli, served_inputs  # noqa: F401  (served_inputs is a fixture)
 from test_kill_resume import command, kept_uids, write_inputs
 
 from paircurate import storage
-from paircurate.storage import filesystem
 from paircurate.cli import main
-from paircurate.storage.layout import OutputLayout
 from paircurate.testing.objectstore import GcsServer, S3Server
 
 pytest.importorskip("s3fs")  # the [s3] extra
@@ -238,16 +236,7 @@ def test_sigkill_while_writing_to_s3_then_rerun_equals_an_uninterrupted_run(loop
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     proc = subprocess.Popen(command(inputs, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    try:
-        while not OutputLayout(out).completed_shards():
-            assert proc.poll() is None, "run finished before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when(proc, lambda: OutputLayout(out).completed_shards(), timeout=180, poll=0.02)
     assert not storage.exists(OutputLayout(out).run_stats)
     killed_with = OutputLayout(out).completed_shards()
     assert 0 < len(killed_with) < -(-120 // 4), "the kill did not land part-way"

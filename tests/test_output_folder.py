@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 
 import pytest
+from paircurate.storage.layout import MARKER_FILE as OUTPUT_MARKER
+from paircurate.storage.layout import PLAN_FILE
 
-from paircurate.storage.layout import MARKER_FILE as OUTPUT_MARKER, PLAN_FILE
 from paircurate.cli import main
 
 

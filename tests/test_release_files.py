@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -14,10 +13,10 @@ import wids
 from helpers import encode, photo
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from paircurate.cli import main
 from paircurate.filters.blocklist import BlocklistMatch
 from paircurate.pipeline.ledger import diagnose, failure_class, hosts_of
+
+from paircurate.cli import main
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import os
 
 import pytest
 from helpers import encode, ledger, photo
+from paircurate.storage.layout import RETRY_FILE
 
 from paircurate.cli import main
-from paircurate.storage.layout import RETRY_FILE
 
 
 @pytest.fixture

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import apache_beam as beam
+import paircurate.pipeline.captions as captions_module
+import paircurate.pipeline.dedup as dedup_module
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from helpers import blocky_jpeg, read_output
-
-import paircurate.pipeline.captions as captions_module
-import paircurate.pipeline.dedup as dedup_module
-from paircurate.cli import EXIT_ERROR_RATE, main
 from paircurate.pipeline.captions import CleanCaptions
 from paircurate.pipeline.stage import REJECTED, IsolatedDoFn, RowIsolation
 from paircurate.schemas import records as R
 from paircurate.schemas.config import CaptionConfig
 from paircurate.schemas.outcomes import Stage
+
+from paircurate.cli import EXIT_ERROR_RATE, main
 
 
 def record(i: int, caption: str = "a caption of words") -> dict:

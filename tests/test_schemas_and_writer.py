@@ -14,9 +14,9 @@ from helpers import solid_jpeg
 from paircurate.pipeline import write as W
 from paircurate.pipeline.captions import CleanCaptions
 from paircurate.pipeline.write import ShardWriter
-from paircurate.storage import layout as L
 from paircurate.schemas import records as R
 from paircurate.schemas.config import CaptionConfig
+from paircurate.storage import layout as L
 
 
 def sample(i: int, **extra) -> dict:
