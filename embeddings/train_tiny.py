@@ -1,6 +1,6 @@
 """Train the bundled ``paircurate-tiny`` CLIP on synthetic shape captions, offline, on CPU.
 
-    python -m paircurate.embeddings.train_tiny --steps 400 --out embeddings/assets/paircurate_tiny.safetensors
+    python -m paircurate.embeddings.train_tiny --steps 1200 --out embeddings/assets/paircurate_tiny.safetensors
 
 The model exists so that tests and the demo exercise real CLIP scoring (true
 captions must outscore wrong ones) without any downloaded weights. Training is
@@ -25,6 +25,10 @@ import numpy as np
 import open_clip
 import torch
 from open_clip.loss import ClipLoss
+from PIL import Image
+from safetensors.torch import save_file
+
+from paircurate.concepts.labels import LabelSet
 from paircurate.embeddings.clip import (
     TINY_CHECKPOINT_PATH,
     TINY_MODEL,
@@ -32,9 +36,7 @@ from paircurate.embeddings.clip import (
     load_clip,
     register_tiny_config,
 )
-from PIL import Image
-from safetensors.torch import save_file
-
+from paircurate.embeddings.zeroshot import label_embeddings, top_k_concepts
 from paircurate.testing import synthetic
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,9 @@ EVAL_SEED = 1000  # far from any training seed, so evaluation pairs are unseen
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=400, help="optimizer steps (the only stopping rule)")
+    # 400 steps already separate true from swapped captions (AUC 0.99) but mostly by colour: the
+    # shape is named by the top zero-shot tag of only 41 % of images; 1,200 steps reach ~91 %.
+    parser.add_argument("--steps", type=int, default=1200, help="optimizer steps (the only stopping rule)")
     parser.add_argument("--out", type=Path, default=TINY_CHECKPOINT_PATH, help="checkpoint to write (.safetensors)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -121,6 +125,8 @@ def train(args: argparse.Namespace) -> None:
         print(f"  swapped mean {report['swapped_mean']:.3f}  p95 {report['swapped_p95']:.3f}  p99 {report['swapped_p99']:.3f}")
         print(f"  best threshold (Youden's J) {report['best_threshold']:.3f}: "
               f"keeps {report['tpr']:.3f} of true, {report['fpr']:.3f} of swapped")
+        top1, top3 = shape_tag_accuracy(clip, args.eval_pairs, EVAL_SEED, size=size)
+        print(f"  zero-shot shape tags (6 shapes x 80 ImageNet templates): top-1 {top1:.3f}, top-3 {top3:.3f}")
     sys.stdout.flush()
 
 
@@ -164,6 +170,16 @@ def evaluate(clip: ClipModel, n: int, seed: int, size: int = IMAGE_SIZE, jpeg_qu
         "swapped_p99": float(np.percentile(swapped, 99)),
         "best_threshold": threshold, "tpr": tpr, "fpr": fpr,
     }
+
+
+def shape_tag_accuracy(clip: ClipModel, n: int, seed: int, size: int = IMAGE_SIZE) -> tuple[float, float]:
+    """How often the true shape is the top (and among the top 3) zero-shot concept tags of fresh images."""
+    labels = LabelSet("shapes", synthetic.SHAPES, tuple(() for _ in synthetic.SHAPES))  # no prompts: the 80 templates
+    samples = synthetic.make_samples(n, seed, size)
+    tags = top_k_concepts(clip.encode_images([s.image for s in samples]), label_embeddings(clip, labels), labels.labels, 3)
+    top1 = sum(t[0][0] == s.scene.shape for t, s in zip(tags, samples)) / n
+    top3 = sum(s.scene.shape in t[0] for t, s in zip(tags, samples)) / n
+    return top1, top3
 
 
 def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:

@@ -25,7 +25,7 @@ from paircurate.testing.synthetic import make_samples, mismatched_caption
 DEMO_SEED = 1234
 SWAPPED_FRACTION = 0.15
 TINY_MODEL = "paircurate-tiny"
-# The demo world's heads (embeddings/train_heads.py): large shapes score ~7.5, small ones ~3.4.
+# The demo world's heads (embeddings/train_heads.py): large shapes score ~7.8, small ones ~3.2.
 DEMO_MIN_AESTHETIC = 5.0
 DEMO_MAX_PUNSAFE = 0.5  # LAION's cut
 
