@@ -99,6 +99,11 @@ class HostHealth:
         """``host`` sent a response: its run of failures ends (unless it was already given up on)."""
         if self.limit <= 0:
             return
+        # Nearly every answer comes from a host that never failed: it has no
+        # slot, and finding that out needs no lock (see failures()). Taking the
+        # cross-process lock on every response serialised all download threads.
+        if self._find(host, insert=False) is None and not self._overflow:
+            return
         with self._table.get_lock():
             slot = self._find(host, insert=False)
             if slot is not None:
@@ -113,9 +118,12 @@ class HostHealth:
 
     def failures(self, host: str) -> int:
         """Consecutive failures counted for ``host`` so far."""
-        with self._table.get_lock():
-            slot = self._find(host, insert=False)
-            count = self._table.get_obj()[2 * slot + 1] if slot is not None else 0
+        # Read without the lock: slots are aligned 64-bit words, which x86-64
+        # and ARM64 load whole, so a racing writer can only make this read miss
+        # the latest failure (the host is given up on one attempt later), never
+        # see a torn value. Writers still serialise on the lock.
+        slot = self._find(host, insert=False)
+        count = self._table.get_obj()[2 * slot + 1] if slot is not None else 0
         if self._overflow:
             with self._overflow_lock:
                 count = max(count, self._overflow.get(host, 0))
@@ -134,7 +142,7 @@ class HostHealth:
         )
 
     def _find(self, host: str, *, insert: bool) -> int | None:
-        """The slot holding ``host`` (claimed for it with ``insert``), or None. Call with the lock held."""
+        """The slot holding ``host`` (claimed for it with ``insert``), or None. Call with the lock held to insert."""
         raw = self._table.get_obj()
         key = _host_hash(host)
         start = (key & 0x7FFFFFFFFFFFFFFF) % self.slots

@@ -20,7 +20,10 @@ from paircurate.inspection import QUANTILES, human_bytes, read_schema, read_tabl
 from paircurate.storage.layout import OutputLayout
 from paircurate.schemas import records as R
 
-LANGUAGE_SAMPLE = 2000  # captions language-identified (the first ones, in shard order)
+# Captions language-identified (the first ones, in shard order). 500 give each
+# language's share with a standard error of at most 2.3 points for ~0.06 s of CPU;
+# 2,000 took ~0.3 s, 4 % of a whole 3,000-image run.
+LANGUAGE_SAMPLE = 500
 _ASK = "PUBLISHER:"
 
 
