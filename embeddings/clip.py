@@ -110,6 +110,7 @@ class ClipModel:
     model_name: str = ""
     pretrained: str | None = None
     batch_size: int = 256  # caps memory when a caller hands over a huge list
+    weights_id: str = ""  # these exact weights on this machine (see weights_identity); '' for random ones
     embed_dim: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -237,7 +238,34 @@ def load_clip(
         model_name=model_name or source.open_clip_name,
         pretrained=pretrained,
         batch_size=batch_size,
+        weights_id=weights_identity(source),
     )
+
+
+def weights_identity(source: WeightSource) -> str:
+    """A string that changes whenever the weights a model is built from change; '' for random weights.
+
+    Path, size and modification time of each weights file: enough to key
+    what is derived from the weights (label embeddings) without hashing
+    hundreds of megabytes in every worker.
+    """
+    if source.checkpoint:
+        files = [Path(source.checkpoint)]
+    elif source.open_clip_name.startswith(LOCAL_DIR_PREFIX):
+        folder = Path(source.open_clip_name[len(LOCAL_DIR_PREFIX):])
+        files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    else:
+        return ""
+    if not files:
+        return ""
+    parts = [source.open_clip_name]
+    for path in files:
+        try:
+            stat = path.stat()
+        except OSError:
+            return ""
+        parts.append(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+    return "|".join(parts)
 
 
 def is_cached(model_name: str, pretrained: str, cache_dir: str | None = None) -> bool:

@@ -282,3 +282,67 @@ def test_label_embeddings_average_normalised_prompts_and_top_k_ranks_by_cosine(m
         assert names == [labels.labels[i] for i in best]
         np.testing.assert_allclose(scores, row[best], atol=1e-6)
     assert top_k_concepts(emb, classifier, labels.labels, k=10)[0][0] == [labels.labels[i] for i in np.argsort(-sims[0])]
+
+
+def test_label_embeddings_are_cached_per_weights_and_prompts(tmp_path, monkeypatch):
+    """The second worker (or run) reads the label matrix from disk; other prompts, other weights or a damaged file recompute."""
+    import shutil
+
+    import numpy as np
+    from paircurate.concepts.labels import LabelSet
+    from paircurate.embeddings.clip import TINY_CHECKPOINT_PATH, TINY_MODEL, load_clip
+    from paircurate.embeddings.zeroshot import label_embeddings
+
+    monkeypatch.setenv("PAIRCURATE_CACHE_DIR", str(tmp_path / "cache"))
+    clip = load_clip(TINY_MODEL, TINY_MODEL, device="cpu")
+    encoded: list[int] = []
+    encode_texts = clip.encode_texts
+    monkeypatch.setattr(clip, "encode_texts", lambda texts: encoded.append(len(texts)) or encode_texts(texts))
+    labels = LabelSet("t", ("circle", "star"), (("a circle",), ("a star", "a pointy star")))
+
+    first = label_embeddings(clip, labels)
+    assert encoded == [3]
+    files = list((tmp_path / "cache" / "label-embeddings").glob("*.npy"))
+    assert len(files) == 1
+    np.testing.assert_array_equal(np.load(files[0]), first)
+
+    again = label_embeddings(clip, labels)
+    assert encoded == [3]  # read, not recomputed
+    np.testing.assert_array_equal(again, first)
+
+    other = LabelSet("t", ("circle", "star"), (("a circle",), ("a star",)))
+    label_embeddings(clip, other)
+    assert encoded == [3, 2]  # other prompts: another key
+    assert len(list((tmp_path / "cache" / "label-embeddings").glob("*.npy"))) == 2
+
+    files[0].write_bytes(b"not an npy file")
+    np.testing.assert_allclose(label_embeddings(clip, labels), first, atol=1e-6)
+    assert encoded == [3, 2, 3]  # damaged: recomputed and written again
+    np.testing.assert_array_equal(np.load(files[0]), first)
+
+    # The same model name from a copy of the weights file is other weights as far as the key knows.
+    copy = tmp_path / "copy.safetensors"
+    shutil.copyfile(TINY_CHECKPOINT_PATH, copy)
+    clip_copy = load_clip(TINY_MODEL, str(copy), device="cpu")
+    assert clip_copy.weights_id and clip_copy.weights_id != clip.weights_id
+    label_embeddings(clip_copy, labels)
+    assert len(list((tmp_path / "cache" / "label-embeddings").glob("*.npy"))) == 3
+
+    # Random weights name nothing: never cached.
+    random_clip = load_clip(TINY_MODEL, None, device="cpu")
+    assert random_clip.weights_id == ""
+    label_embeddings(random_clip, labels)
+    assert len(list((tmp_path / "cache" / "label-embeddings").glob("*.npy"))) == 3
+
+
+def test_an_unwritable_cache_only_costs_the_recomputation(tmp_path, monkeypatch):
+    from paircurate.concepts.labels import LabelSet
+    from paircurate.embeddings.clip import TINY_MODEL, load_clip
+    from paircurate.embeddings.zeroshot import label_embeddings
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("PAIRCURATE_CACHE_DIR", str(blocker / "cache"))  # a folder under a file: cannot be made
+    clip = load_clip(TINY_MODEL, TINY_MODEL, device="cpu")
+    labels = LabelSet("t", ("circle",), (("a circle",),))
+    assert label_embeddings(clip, labels).shape == (1, clip.embed_dim)
