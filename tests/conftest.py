@@ -13,8 +13,6 @@ def loopback_server():
 @pytest.fixture(autouse=True, scope="session")
 def _private_paircurate_cache(tmp_path_factory):
     """Label embeddings and other derived files go to a folder of this test session, not ~/.cache (CLI subprocesses too)."""
-    import os
-
     mp = pytest.MonkeyPatch()
     mp.setenv("PAIRCURATE_CACHE_DIR", str(tmp_path_factory.mktemp("paircurate-cache")))
     yield
