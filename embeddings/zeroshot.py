@@ -90,16 +90,14 @@ def _embed_prompts(clip, prompts: list[list[str]]) -> np.ndarray:
 
 def _cache_path(clip, prompts: list[list[str]]) -> Path | None:
     """The cache file for these weights and prompts; None for weights that name nothing (random init)."""
-    weights_id = getattr(clip, "weights_id", "")
-    if not weights_id:
+    if not clip.weights_id:
         return None
-    device = getattr(getattr(clip, "device", None), "type", str(getattr(clip, "device", "")))
     key = {
         "format": _CACHE_FORMAT,
         "model": clip.model_name,
-        "weights": weights_id,
-        "device": device,
-        "autocast": str(getattr(clip, "autocast_dtype", None)),
+        "weights": clip.weights_id,
+        "device": clip.device.type,
+        "autocast": str(clip.autocast_dtype),
         "prompts": prompts,
     }
     digest = hashlib.sha256(json.dumps(key, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")).hexdigest()
