@@ -140,23 +140,14 @@ def bench_tagging(args) -> None:
 
 def bench_accuracy(args) -> None:
     """Top-1 / top-3 accuracy of concept tags on demo images, labels = the six demo shapes, default templates."""
-    from paircurate.concepts.labels import LabelSet
     from paircurate.embeddings.clip import TINY_MODEL, load_clip
-    from paircurate.embeddings.zeroshot import label_embeddings, top_k_concepts
-    from paircurate.testing import synthetic
+    from paircurate.embeddings.train_tiny import shape_tag_accuracy
 
     clip = load_clip(TINY_MODEL, TINY_MODEL, device="cpu")
-    labels = LabelSet("shapes", synthetic.SHAPES, tuple(() for _ in synthetic.SHAPES))  # no prompts: the 80 templates
-    classifier = label_embeddings(clip, labels)
-    samples = synthetic.make_samples(args.images, seed=args.seed, size=64)
-    tags = top_k_concepts(clip.encode_images([s.image for s in samples]), classifier, labels.labels, 3)
-    top1 = sum(t[0][0] == s.scene.shape for t, s in zip(tags, samples)) / len(samples)
-    top3 = sum(s.scene.shape in t[0] for t, s in zip(tags, samples)) / len(samples)
-    per_shape = {shape: sum(t[0][0] == shape for t, s in zip(tags, samples) if s.scene.shape == shape)
-                 / max(1, sum(s.scene.shape == shape for s in samples)) for shape in synthetic.SHAPES}
-    print(f"{len(samples)} demo images (seed {args.seed}), bundled tiny model, 6 shape labels x 80 templates: "
-          f"top-1 {top1:.3f}, top-3 {top3:.3f} (chance 0.167 / 0.5)")
-    print("top-1 per true shape: " + ", ".join(f"{k} {v:.2f}" for k, v in per_shape.items()))
+    tags = shape_tag_accuracy(clip, args.images, args.seed, size=64)
+    print(f"{args.images} demo images (seed {args.seed}), bundled tiny model, 6 shape labels x 80 templates: "
+          f"top-1 {tags['top1']:.3f}, top-3 {tags['top3']:.3f} (chance 0.167 / 0.5)")
+    print("top-1 per true shape: " + ", ".join(f"{k} {v:.2f}" for k, v in tags["top1_per_shape"].items()))
 
 
 def main() -> None:

@@ -125,8 +125,8 @@ def train(args: argparse.Namespace) -> None:
         print(f"  swapped mean {report['swapped_mean']:.3f}  p95 {report['swapped_p95']:.3f}  p99 {report['swapped_p99']:.3f}")
         print(f"  best threshold (Youden's J) {report['best_threshold']:.3f}: "
               f"keeps {report['tpr']:.3f} of true, {report['fpr']:.3f} of swapped")
-        top1, top3 = shape_tag_accuracy(clip, args.eval_pairs, EVAL_SEED, size=size)
-        print(f"  zero-shot shape tags (6 shapes x 80 ImageNet templates): top-1 {top1:.3f}, top-3 {top3:.3f}")
+        tags = shape_tag_accuracy(clip, args.eval_pairs, EVAL_SEED, size=size)
+        print(f"  zero-shot shape tags (6 shapes x 80 ImageNet templates): top-1 {tags['top1']:.3f}, top-3 {tags['top3']:.3f}")
     sys.stdout.flush()
 
 
@@ -172,14 +172,20 @@ def evaluate(clip: ClipModel, n: int, seed: int, size: int = IMAGE_SIZE, jpeg_qu
     }
 
 
-def shape_tag_accuracy(clip: ClipModel, n: int, seed: int, size: int = IMAGE_SIZE) -> tuple[float, float]:
-    """How often the true shape is the top (and among the top 3) zero-shot concept tags of fresh images."""
+def shape_tag_accuracy(clip: ClipModel, n: int, seed: int, size: int = IMAGE_SIZE) -> dict:
+    """How often the true shape is the top (and among the top 3) zero-shot concept tags of fresh images.
+
+    ``{"top1": ..., "top3": ..., "top1_per_shape": {shape: ...}}``; labels are the six shapes with the 80 templates.
+    """
     labels = LabelSet("shapes", synthetic.SHAPES, tuple(() for _ in synthetic.SHAPES))  # no prompts: the 80 templates
     samples = synthetic.make_samples(n, seed, size)
     tags = top_k_concepts(clip.encode_images([s.image for s in samples]), label_embeddings(clip, labels), labels.labels, 3)
-    top1 = sum(t[0][0] == s.scene.shape for t, s in zip(tags, samples)) / n
-    top3 = sum(s.scene.shape in t[0] for t, s in zip(tags, samples)) / n
-    return top1, top3
+    hits = [(s.scene.shape, t[0][0] == s.scene.shape, s.scene.shape in t[0]) for t, s in zip(tags, samples)]
+    per_shape = {
+        shape: sum(top1 for true, top1, _ in hits if true == shape) / max(1, sum(true == shape for true, _, _ in hits))
+        for shape in synthetic.SHAPES
+    }
+    return {"top1": sum(h[1] for h in hits) / n, "top3": sum(h[2] for h in hits) / n, "top1_per_shape": per_shape}
 
 
 def roc_auc(positive: np.ndarray, negative: np.ndarray) -> float:
